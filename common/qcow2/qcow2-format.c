@@ -1,0 +1,659 @@
+#include <config.h>
+
+#include <stdlib.h>
+#include <string.h>
+#include <inttypes.h>
+
+#include <nbdkit-filter.h>
+
+#include "byte-order.h"
+#include "qcow2-format.h"
+
+#define IS_ALIGNED(x, bits) (((x) & ((UINT64_C(1) << (bits)) - 1)) == 0)
+#define ROUND_UP8(x) (((x) + 7) & ~(size_t) 7)
+
+/* True if [offset, offset + len) lies inside a file of FILE_SIZE. */
+static bool
+inside_file (uint64_t offset, uint64_t len, uint64_t file_size)
+{
+  return offset <= file_size && len <= file_size - offset;
+}
+
+/* Header field layout (qcow2.txt, "Header"). */
+enum {
+  H_MAGIC = 0, H_VERSION = 4, H_BACKING_OFFSET = 8, H_BACKING_SIZE = 16,
+  H_CLUSTER_BITS = 20, H_SIZE = 24, H_CRYPT = 32, H_L1_SIZE = 36,
+  H_L1_OFFSET = 40, H_REFTABLE_OFFSET = 48, H_REFTABLE_CLUSTERS = 56,
+  H_NB_SNAPSHOTS = 60, H_SNAPSHOTS_OFFSET = 64, H_INCOMPAT = 72,
+  H_COMPAT = 80, H_AUTOCLEAR = 88, H_REFCOUNT_ORDER = 96,
+  H_HEADER_LENGTH = 100, H_COMPRESSION_TYPE = 104,
+};
+
+int
+qcow2_header_decode (const char *path, const uint8_t *buf, size_t len,
+                     uint64_t file_size, struct qcow2_header *h)
+{
+  uint64_t cluster_size, l1_needed;
+
+  if (len < QCOW2_V3_HEADER_MIN || load_be32 (&buf[H_MAGIC]) != QCOW2_MAGIC) {
+    nbdkit_error ("%s: not a qcow2 file (bad magic or shorter than a "
+                  "header); point dirtybitmap-file= at a qcow2 sidecar, "
+                  "or at a path that does not exist yet to create one",
+                  path);
+    return -1;
+  }
+  memset (h, 0, sizeof *h);
+  h->version = load_be32 (&buf[H_VERSION]);
+  if (h->version != 3) {
+    nbdkit_error ("%s: qcow2 header: version %" PRIu32 " is not supported; "
+                  "persistent bitmaps need version 3 (compat=1.1): run "
+                  "'qemu-img amend -o compat=1.1 %s'",
+                  path, h->version, path);
+    return -1;
+  }
+  h->backing_file_offset = load_be64 (&buf[H_BACKING_OFFSET]);
+  h->backing_file_size = load_be32 (&buf[H_BACKING_SIZE]);
+  h->cluster_bits = load_be32 (&buf[H_CLUSTER_BITS]);
+  h->size = load_be64 (&buf[H_SIZE]);
+  h->crypt_method = load_be32 (&buf[H_CRYPT]);
+  h->l1_size = load_be32 (&buf[H_L1_SIZE]);
+  h->l1_table_offset = load_be64 (&buf[H_L1_OFFSET]);
+  h->refcount_table_offset = load_be64 (&buf[H_REFTABLE_OFFSET]);
+  h->refcount_table_clusters = load_be32 (&buf[H_REFTABLE_CLUSTERS]);
+  h->nb_snapshots = load_be32 (&buf[H_NB_SNAPSHOTS]);
+  h->snapshots_offset = load_be64 (&buf[H_SNAPSHOTS_OFFSET]);
+  h->incompatible_features = load_be64 (&buf[H_INCOMPAT]);
+  h->compatible_features = load_be64 (&buf[H_COMPAT]);
+  h->autoclear_features = load_be64 (&buf[H_AUTOCLEAR]);
+  h->refcount_order = load_be32 (&buf[H_REFCOUNT_ORDER]);
+  h->header_length = load_be32 (&buf[H_HEADER_LENGTH]);
+
+  if (h->cluster_bits < QCOW2_MIN_CLUSTER_BITS ||
+      h->cluster_bits > QCOW2_MAX_CLUSTER_BITS) {
+    nbdkit_error ("%s: qcow2 header: cluster_bits %" PRIu32 " is outside "
+                  "%d..%d", path, h->cluster_bits,
+                  QCOW2_MIN_CLUSTER_BITS, QCOW2_MAX_CLUSTER_BITS);
+    return -1;
+  }
+  cluster_size = UINT64_C(1) << h->cluster_bits;
+  if (h->header_length < QCOW2_V3_HEADER_MIN ||
+      h->header_length > cluster_size || h->header_length % 8 != 0 ||
+      h->header_length > len) {
+    nbdkit_error ("%s: qcow2 header: header_length %" PRIu32 " must be a "
+                  "multiple of 8 from %d to the cluster size",
+                  path, h->header_length, QCOW2_V3_HEADER_MIN);
+    return -1;
+  }
+  if (h->header_length > H_COMPRESSION_TYPE)
+    h->compression_type = buf[H_COMPRESSION_TYPE];
+
+  if (h->crypt_method != 0) {
+    nbdkit_error ("%s: qcow2 header: crypt_method %" PRIu32 ": encrypted "
+                  "sidecars are not supported; use an unencrypted one",
+                  path, h->crypt_method);
+    return -1;
+  }
+  if (h->incompatible_features & ~QCOW2_INCOMPAT_KNOWN) {
+    nbdkit_error ("%s: qcow2 header: unknown incompatible feature bits "
+                  "0x%" PRIx64 " (written by a newer QEMU?); the sidecar "
+                  "cannot be used safely", path,
+                  h->incompatible_features & ~QCOW2_INCOMPAT_KNOWN);
+    return -1;
+  }
+  if (h->incompatible_features & QCOW2_INCOMPAT_CORRUPT) {
+    nbdkit_error ("%s: qcow2 header: the corrupt bit is set; repair it "
+                  "with 'qemu-img check -r all %s'", path, path);
+    return -1;
+  }
+  if ((h->incompatible_features & QCOW2_INCOMPAT_COMPRESSION) &&
+      h->header_length <= H_COMPRESSION_TYPE) {
+    nbdkit_error ("%s: qcow2 header: compression type bit set but "
+                  "header_length %" PRIu32 " has no compression_type field",
+                  path, h->header_length);
+    return -1;
+  }
+  if (h->refcount_order > QCOW2_MAX_REFCOUNT_ORDER) {
+    nbdkit_error ("%s: qcow2 header: refcount_order %" PRIu32 " is above %d",
+                  path, h->refcount_order, QCOW2_MAX_REFCOUNT_ORDER);
+    return -1;
+  }
+  if (h->refcount_table_offset == 0 ||
+      !IS_ALIGNED (h->refcount_table_offset, h->cluster_bits) ||
+      h->refcount_table_clusters == 0 ||
+      (uint64_t) h->refcount_table_clusters * cluster_size >
+        QCOW2_MAX_REFTABLE_BYTES ||
+      !inside_file (h->refcount_table_offset,
+                    (uint64_t) h->refcount_table_clusters * cluster_size,
+                    file_size)) {
+    nbdkit_error ("%s: qcow2 header: refcount table (offset 0x%" PRIx64
+                  ", %" PRIu32 " clusters) is not cluster aligned, empty, "
+                  "larger than 8 MiB or outside the file", path,
+                  h->refcount_table_offset, h->refcount_table_clusters);
+    return -1;
+  }
+  if ((uint64_t) h->l1_size * 8 > QCOW2_MAX_L1_BYTES ||
+      (h->l1_size > 0 &&
+       (!IS_ALIGNED (h->l1_table_offset, h->cluster_bits) ||
+        h->l1_table_offset == 0 ||
+        !inside_file (h->l1_table_offset, (uint64_t) h->l1_size * 8,
+                      file_size)))) {
+    nbdkit_error ("%s: qcow2 header: L1 table (offset 0x%" PRIx64 ", %"
+                  PRIu32 " entries) is not cluster aligned, too large or "
+                  "outside the file", path, h->l1_table_offset, h->l1_size);
+    return -1;
+  }
+  /* One L1 entry maps cluster_size / 8 clusters of guest data. */
+  l1_needed = (h->size + (cluster_size * (cluster_size / 8)) - 1)
+    / (cluster_size * (cluster_size / 8));
+  if (h->size > (UINT64_C(1) << 62) || l1_needed > h->l1_size) {
+    nbdkit_error ("%s: qcow2 header: l1_size %" PRIu32 " cannot map the "
+                  "virtual size of %" PRIu64 " bytes", path, h->l1_size,
+                  h->size);
+    return -1;
+  }
+  if (h->nb_snapshots > 0 &&
+      (!IS_ALIGNED (h->snapshots_offset, h->cluster_bits) ||
+       !inside_file (h->snapshots_offset, 1, file_size))) {
+    nbdkit_error ("%s: qcow2 header: snapshots_offset 0x%" PRIx64 " is not "
+                  "cluster aligned or outside the file",
+                  path, h->snapshots_offset);
+    return -1;
+  }
+  if (h->backing_file_offset != 0 &&
+      (h->backing_file_size > 1023 ||
+       !inside_file (h->backing_file_offset, h->backing_file_size,
+                     cluster_size) ||
+       h->backing_file_offset < h->header_length)) {
+    nbdkit_error ("%s: qcow2 header: backing file name (offset %" PRIu64
+                  ", %" PRIu32 " bytes) must lie in the first cluster after "
+                  "the header", path, h->backing_file_offset,
+                  h->backing_file_size);
+    return -1;
+  }
+  return 0;
+}
+
+void
+qcow2_header_encode (const struct qcow2_header *h, uint8_t *buf)
+{
+  store_be32 (&buf[H_MAGIC], QCOW2_MAGIC);
+  store_be32 (&buf[H_VERSION], h->version);
+  store_be64 (&buf[H_BACKING_OFFSET], h->backing_file_offset);
+  store_be32 (&buf[H_BACKING_SIZE], h->backing_file_size);
+  store_be32 (&buf[H_CLUSTER_BITS], h->cluster_bits);
+  store_be64 (&buf[H_SIZE], h->size);
+  store_be32 (&buf[H_CRYPT], h->crypt_method);
+  store_be32 (&buf[H_L1_SIZE], h->l1_size);
+  store_be64 (&buf[H_L1_OFFSET], h->l1_table_offset);
+  store_be64 (&buf[H_REFTABLE_OFFSET], h->refcount_table_offset);
+  store_be32 (&buf[H_REFTABLE_CLUSTERS], h->refcount_table_clusters);
+  store_be32 (&buf[H_NB_SNAPSHOTS], h->nb_snapshots);
+  store_be64 (&buf[H_SNAPSHOTS_OFFSET], h->snapshots_offset);
+  store_be64 (&buf[H_INCOMPAT], h->incompatible_features);
+  store_be64 (&buf[H_COMPAT], h->compatible_features);
+  store_be64 (&buf[H_AUTOCLEAR], h->autoclear_features);
+  store_be32 (&buf[H_REFCOUNT_ORDER], h->refcount_order);
+  store_be32 (&buf[H_HEADER_LENGTH], h->header_length);
+  if (h->header_length > H_COMPRESSION_TYPE)
+    buf[H_COMPRESSION_TYPE] = h->compression_type;
+}
+
+int
+qcow2_extensions_decode (const char *path, const uint8_t *buf,
+                         size_t start, size_t end,
+                         struct qcow2_extension **exts_ret)
+{
+  struct qcow2_extension *exts = NULL;
+  size_t n = 0, offset = start;
+  bool seen_bitmaps = false;
+
+  for (;;) {
+    struct qcow2_extension ext, *p;
+
+    if (offset + 8 > end || offset + 8 < offset) {
+      nbdkit_error ("%s: qcow2 header extensions: no end marker before "
+                    "offset %zu", path, end);
+      goto err;
+    }
+    ext.type = load_be32 (&buf[offset]);
+    ext.length = load_be32 (&buf[offset + 4]);
+    if (ext.type == QCOW2_EXT_END)
+      break;
+    if (ext.length > end - offset - 8) {
+      nbdkit_error ("%s: qcow2 header extension 0x%08" PRIx32 " at offset "
+                    "%zu: length %" PRIu32 " runs past offset %zu",
+                    path, ext.type, offset, ext.length, end);
+      goto err;
+    }
+    if (ext.type == QCOW2_EXT_BITMAPS) {
+      if (seen_bitmaps) {
+        nbdkit_error ("%s: qcow2 header: two bitmaps extensions", path);
+        goto err;
+      }
+      seen_bitmaps = true;
+    }
+    ext.data = malloc (ext.length ? ext.length : 1);
+    p = realloc (exts, (n + 1) * sizeof *exts);
+    if (ext.data == NULL || p == NULL) {
+      nbdkit_error ("%s: allocating header extension: %m", path);
+      free (ext.data);
+      if (p)
+        exts = p;
+      goto err;
+    }
+    exts = p;
+    memcpy (ext.data, &buf[offset + 8], ext.length);
+    exts[n++] = ext;
+    offset += 8 + ROUND_UP8 ((size_t) ext.length);
+  }
+  *exts_ret = exts;
+  return n;
+
+ err:
+  qcow2_extensions_free (exts, n);
+  return -1;
+}
+
+void
+qcow2_extensions_free (struct qcow2_extension *exts, size_t n)
+{
+  size_t i;
+
+  for (i = 0; i < n; ++i)
+    free (exts[i].data);
+  free (exts);
+}
+
+size_t
+qcow2_extensions_encoded_size (const struct qcow2_extension *exts, size_t n)
+{
+  size_t i, size = 8;           /* end marker */
+
+  for (i = 0; i < n; ++i)
+    size += 8 + ROUND_UP8 ((size_t) exts[i].length);
+  return size;
+}
+
+void
+qcow2_extensions_encode (const struct qcow2_extension *exts, size_t n,
+                         uint8_t *buf)
+{
+  size_t i, offset = 0;
+
+  for (i = 0; i < n; ++i) {
+    size_t padded = ROUND_UP8 ((size_t) exts[i].length);
+    store_be32 (&buf[offset], exts[i].type);
+    store_be32 (&buf[offset + 4], exts[i].length);
+    memcpy (&buf[offset + 8], exts[i].data, exts[i].length);
+    memset (&buf[offset + 8 + exts[i].length], 0, padded - exts[i].length);
+    offset += 8 + padded;
+  }
+  store_be32 (&buf[offset], QCOW2_EXT_END);
+  store_be32 (&buf[offset + 4], 0);
+}
+
+int
+qcow2_bitmaps_ext_decode (const char *path, const struct qcow2_extension *ext,
+                          unsigned cluster_bits, uint64_t file_size,
+                          struct qcow2_bitmaps_ext *out)
+{
+  if (ext->length != QCOW2_BITMAP_EXT_SIZE) {
+    nbdkit_error ("%s: bitmaps extension: length %" PRIu32 " is not %d",
+                  path, ext->length, QCOW2_BITMAP_EXT_SIZE);
+    return -1;
+  }
+  out->nb_bitmaps = load_be32 (&ext->data[0]);
+  out->directory_size = load_be64 (&ext->data[8]);
+  out->directory_offset = load_be64 (&ext->data[16]);
+  if (load_be32 (&ext->data[4]) != 0) {
+    nbdkit_error ("%s: bitmaps extension: reserved field is not zero", path);
+    return -1;
+  }
+  if (out->nb_bitmaps == 0 || out->nb_bitmaps > QCOW2_BITMAP_MAX_COUNT) {
+    nbdkit_error ("%s: bitmaps extension: nb_bitmaps %" PRIu32 " is outside "
+                  "1..%d", path, out->nb_bitmaps, QCOW2_BITMAP_MAX_COUNT);
+    return -1;
+  }
+  if (out->directory_size > QCOW2_BITMAP_MAX_DIR_SIZE ||
+      out->directory_size <
+        (uint64_t) out->nb_bitmaps * qcow2_bitmap_entry_size (1)) {
+    nbdkit_error ("%s: bitmaps extension: bitmap_directory_size %" PRIu64
+                  " cannot hold %" PRIu32 " entries or exceeds %" PRIu64,
+                  path, out->directory_size, out->nb_bitmaps,
+                  QCOW2_BITMAP_MAX_DIR_SIZE);
+    return -1;
+  }
+  if (out->directory_offset == 0 ||
+      !IS_ALIGNED (out->directory_offset, cluster_bits) ||
+      !inside_file (out->directory_offset, out->directory_size, file_size)) {
+    nbdkit_error ("%s: bitmaps extension: bitmap_directory_offset 0x%" PRIx64
+                  " is not cluster aligned or the directory lies outside "
+                  "the file", path, out->directory_offset);
+    return -1;
+  }
+  return 0;
+}
+
+void
+qcow2_bitmaps_ext_encode (const struct qcow2_bitmaps_ext *in,
+                          uint8_t data[QCOW2_BITMAP_EXT_SIZE])
+{
+  store_be32 (&data[0], in->nb_bitmaps);
+  store_be32 (&data[4], 0);
+  store_be64 (&data[8], in->directory_size);
+  store_be64 (&data[16], in->directory_offset);
+}
+
+size_t
+qcow2_bitmap_entry_size (uint16_t name_size)
+{
+  return ROUND_UP8 ((size_t) QCOW2_BITMAP_ENTRY_FIXED + name_size);
+}
+
+uint64_t
+qcow2_bitmap_table_size (uint64_t virtual_size, unsigned granularity_bits,
+                         unsigned cluster_bits)
+{
+  /* One cluster of bitmap data covers 8 << cluster_bits granules. */
+  unsigned shift = granularity_bits + 3 + cluster_bits;
+
+  if (shift >= 64)
+    return virtual_size > 0 ? 1 : 0;
+  return (virtual_size >> shift)
+    + ((virtual_size & ((UINT64_C(1) << shift) - 1)) != 0);
+}
+
+int
+qcow2_bitmap_size_check (const char *path, const char *name,
+                         uint64_t virtual_size, unsigned granularity_bits,
+                         unsigned cluster_bits)
+{
+  unsigned g;
+
+  for (g = granularity_bits; g <= QCOW2_BITMAP_MAX_GRAN_BITS; ++g) {
+    uint64_t granules = (virtual_size >> g)
+      + ((virtual_size & ((UINT64_C(1) << g) - 1)) != 0);
+    uint64_t data_bytes = (granules + 7) / 8;
+    if (data_bytes <= QCOW2_BITMAP_MAX_DATA_BYTES &&
+        qcow2_bitmap_table_size (virtual_size, g, cluster_bits)
+          <= QCOW2_BITMAP_MAX_TABLE_SIZE)
+      break;
+  }
+  if (g == granularity_bits)
+    return 0;
+  if (g > QCOW2_BITMAP_MAX_GRAN_BITS)
+    nbdkit_error ("%s: bitmap '%s': a disk of %" PRIu64 " bytes is too "
+                  "large for any qcow2 bitmap", path, name, virtual_size);
+  else
+    nbdkit_error ("%s: bitmap '%s': granularity %" PRIu64 " gives more "
+                  "than QEMU's limit of 512 MiB of bitmap data for a disk "
+                  "of %" PRIu64 " bytes; use dirtybitmap-granularity=%"
+                  PRIu64 " or larger", path, name,
+                  UINT64_C(1) << granularity_bits, virtual_size,
+                  UINT64_C(1) << g);
+  return -1;
+}
+
+int
+qcow2_bitmap_name_check (const char *name, const char *where)
+{
+  size_t len = strlen (name);
+
+  if (len == 0 || len > QCOW2_BITMAP_MAX_NAME_SIZE) {
+    nbdkit_error ("%s: bitmap name is %zu bytes long; it must be 1 to %d "
+                  "bytes", where, len, QCOW2_BITMAP_MAX_NAME_SIZE);
+    return -1;
+  }
+  return 0;
+}
+
+enum {
+  E_TABLE_OFFSET = 0, E_TABLE_SIZE = 8, E_FLAGS = 12, E_TYPE = 16,
+  E_GRAN_BITS = 17, E_NAME_SIZE = 18, E_EXTRA_SIZE = 20,
+};
+
+int
+qcow2_bitmap_directory_decode (const char *path, const uint8_t *buf,
+                               uint64_t dir_size, uint32_t nb,
+                               unsigned cluster_bits, uint64_t file_size,
+                               struct qcow2_bitmap_entry *entries)
+{
+  uint64_t offset = 0;
+  uint32_t i, j;
+
+  for (i = 0; i < nb; ++i) {
+    struct qcow2_bitmap_entry *e = &entries[i];
+    uint32_t extra;
+    uint64_t table_bytes;
+
+    if (dir_size - offset < QCOW2_BITMAP_ENTRY_FIXED) {
+      nbdkit_error ("%s: bitmap directory: entry %" PRIu32 " of %" PRIu32
+                    " runs past the end of the directory (%" PRIu64
+                    " bytes); nb_bitmaps disagrees with the directory",
+                    path, i, nb, dir_size);
+      return -1;
+    }
+    e->table_offset = load_be64 (&buf[offset + E_TABLE_OFFSET]);
+    e->table_size = load_be32 (&buf[offset + E_TABLE_SIZE]);
+    e->flags = load_be32 (&buf[offset + E_FLAGS]);
+    e->type = buf[offset + E_TYPE];
+    e->granularity_bits = buf[offset + E_GRAN_BITS];
+    e->name_size = load_be16 (&buf[offset + E_NAME_SIZE]);
+    extra = load_be32 (&buf[offset + E_EXTRA_SIZE]);
+
+    if (extra != 0) {
+      nbdkit_error ("%s: bitmap directory entry %" PRIu32 ": "
+                    "extra_data_size %" PRIu32 " is not zero (QEMU refuses "
+                    "such bitmaps too); remove it with 'qemu-img bitmap "
+                    "--remove'", path, i, extra);
+      return -1;
+    }
+    if (e->name_size == 0 || e->name_size > QCOW2_BITMAP_MAX_NAME_SIZE ||
+        qcow2_bitmap_entry_size (e->name_size) > dir_size - offset) {
+      nbdkit_error ("%s: bitmap directory entry %" PRIu32 ": name_size %"
+                    PRIu16 " is outside 1..%d or runs past the directory",
+                    path, i, e->name_size, QCOW2_BITMAP_MAX_NAME_SIZE);
+      return -1;
+    }
+    memcpy (e->name, &buf[offset + QCOW2_BITMAP_ENTRY_FIXED], e->name_size);
+    e->name[e->name_size] = '\0';
+    if (strlen (e->name) != e->name_size) {
+      nbdkit_error ("%s: bitmap directory entry %" PRIu32 ": name contains "
+                    "a NUL byte", path, i);
+      return -1;
+    }
+    if (e->type != QCOW2_BITMAP_TYPE_DIRTY) {
+      nbdkit_error ("%s: bitmap '%s': type %" PRIu8 " is not 1 (dirty "
+                    "tracking bitmap)", path, e->name, e->type);
+      return -1;
+    }
+    if (e->granularity_bits < QCOW2_BITMAP_MIN_GRAN_BITS ||
+        e->granularity_bits > QCOW2_BITMAP_MAX_GRAN_BITS) {
+      nbdkit_error ("%s: bitmap '%s': granularity_bits %" PRIu8 " is "
+                    "outside %d..%d", path, e->name, e->granularity_bits,
+                    QCOW2_BITMAP_MIN_GRAN_BITS, QCOW2_BITMAP_MAX_GRAN_BITS);
+      return -1;
+    }
+    if (e->flags & ~QCOW2_BITMAP_FLAGS_KNOWN) {
+      nbdkit_error ("%s: bitmap '%s': flags 0x%" PRIx32 " has reserved "
+                    "bits set", path, e->name, e->flags);
+      return -1;
+    }
+    table_bytes = (uint64_t) e->table_size * 8;
+    if (e->table_size == 0 || e->table_size > QCOW2_BITMAP_MAX_TABLE_SIZE ||
+        ((uint64_t) e->table_size << cluster_bits) >
+          QCOW2_BITMAP_MAX_DATA_BYTES) {
+      nbdkit_error ("%s: bitmap '%s': bitmap_table_size %" PRIu32 " is "
+                    "zero or beyond QEMU's limits", path, e->name,
+                    e->table_size);
+      return -1;
+    }
+    if (e->table_offset == 0 || !IS_ALIGNED (e->table_offset, cluster_bits) ||
+        !inside_file (e->table_offset, table_bytes, file_size)) {
+      nbdkit_error ("%s: bitmap '%s': bitmap_table_offset 0x%" PRIx64 " is "
+                    "zero, not cluster aligned, or the table lies outside "
+                    "the file", path, e->name, e->table_offset);
+      return -1;
+    }
+    for (j = 0; j < i; ++j) {
+      if (strcmp (entries[j].name, e->name) == 0) {
+        nbdkit_error ("%s: bitmap directory: name '%s' appears twice",
+                      path, e->name);
+        return -1;
+      }
+    }
+    offset += qcow2_bitmap_entry_size (e->name_size);
+  }
+  if (offset != dir_size) {
+    nbdkit_error ("%s: bitmap directory: %" PRIu32 " entries take %" PRIu64
+                  " bytes but bitmap_directory_size is %" PRIu64
+                  "; nb_bitmaps disagrees with the directory",
+                  path, nb, offset, dir_size);
+    return -1;
+  }
+  return 0;
+}
+
+void
+qcow2_bitmap_directory_encode (const struct qcow2_bitmap_entry *entries,
+                               uint32_t nb, uint8_t *buf)
+{
+  size_t offset = 0;
+  uint32_t i;
+
+  for (i = 0; i < nb; ++i) {
+    const struct qcow2_bitmap_entry *e = &entries[i];
+    size_t size = qcow2_bitmap_entry_size (e->name_size);
+
+    memset (&buf[offset], 0, size);
+    store_be64 (&buf[offset + E_TABLE_OFFSET], e->table_offset);
+    store_be32 (&buf[offset + E_TABLE_SIZE], e->table_size);
+    store_be32 (&buf[offset + E_FLAGS], e->flags);
+    buf[offset + E_TYPE] = e->type;
+    buf[offset + E_GRAN_BITS] = e->granularity_bits;
+    store_be16 (&buf[offset + E_NAME_SIZE], e->name_size);
+    store_be32 (&buf[offset + E_EXTRA_SIZE], 0);
+    memcpy (&buf[offset + QCOW2_BITMAP_ENTRY_FIXED], e->name, e->name_size);
+    offset += size;
+  }
+}
+
+#define BME_OFFSET_MASK   UINT64_C(0x00fffffffffffe00)
+#define BME_RESERVED_MASK UINT64_C(0xff000000000001fe)
+#define BME_ALL_ONES      UINT64_C(1)
+
+int
+qcow2_bitmap_table_entry_decode (const char *path, const char *name,
+                                 uint64_t index, uint64_t raw,
+                                 unsigned cluster_bits, uint64_t file_size,
+                                 uint64_t *offset, bool *all_ones)
+{
+  *offset = raw & BME_OFFSET_MASK;
+  *all_ones = *offset == 0 && (raw & BME_ALL_ONES);
+  if ((raw & BME_RESERVED_MASK) ||
+      (*offset != 0 &&
+       ((raw & BME_ALL_ONES) || !IS_ALIGNED (*offset, cluster_bits) ||
+        !inside_file (*offset, UINT64_C(1) << cluster_bits, file_size)))) {
+    nbdkit_error ("%s: bitmap '%s': table entry %" PRIu64 " (0x%016" PRIx64
+                  ") has reserved bits set, or points to a cluster that is "
+                  "not aligned or lies outside the file",
+                  path, name, index, raw);
+    return -1;
+  }
+  return 0;
+}
+
+uint64_t
+qcow2_bitmap_table_entry_encode (uint64_t offset)
+{
+  return offset & BME_OFFSET_MASK;
+}
+
+#define REFT_OFFSET_MASK UINT64_C(0xfffffffffffffe00)
+
+int
+qcow2_reftable_entry_decode (const char *path, uint64_t index, uint64_t raw,
+                             unsigned cluster_bits, uint64_t file_size,
+                             uint64_t *offset)
+{
+  *offset = raw & REFT_OFFSET_MASK;
+  if ((raw & ~REFT_OFFSET_MASK) ||
+      (*offset != 0 &&
+       (!IS_ALIGNED (*offset, cluster_bits) ||
+        !inside_file (*offset, UINT64_C(1) << cluster_bits, file_size)))) {
+    nbdkit_error ("%s: refcount table entry %" PRIu64 " (0x%016" PRIx64
+                  ") has reserved bits set, or points to a refcount block "
+                  "that is not aligned or lies outside the file",
+                  path, index, raw);
+    return -1;
+  }
+  return 0;
+}
+
+uint64_t
+qcow2_refcount_get (const uint8_t *block, unsigned order, uint64_t index)
+{
+  switch (order) {
+  case 4: return load_be16 (&block[index * 2]);
+  case 5: return load_be32 (&block[index * 4]);
+  case 6: return load_be64 (&block[index * 8]);
+  case 3: return block[index];
+  default: {
+    /* Sub-byte refcounts pack least significant entry first. */
+    unsigned bits = 1u << order, per_byte = 8 / bits;
+    return (block[index / per_byte] >> (bits * (index % per_byte)))
+      & ((1u << bits) - 1);
+  }
+  }
+}
+
+void
+qcow2_refcount_set (uint8_t *block, unsigned order, uint64_t index,
+                    uint64_t value)
+{
+  switch (order) {
+  case 4: store_be16 (&block[index * 2], value); break;
+  case 5: store_be32 (&block[index * 4], value); break;
+  case 6: store_be64 (&block[index * 8], value); break;
+  case 3: block[index] = value; break;
+  default: {
+    unsigned bits = 1u << order, per_byte = 8 / bits;
+    unsigned shift = bits * (index % per_byte);
+    uint8_t mask = ((1u << bits) - 1) << shift;
+    block[index / per_byte] = (block[index / per_byte] & ~mask)
+      | ((value << shift) & mask);
+  }
+  }
+}
+
+/* Feature names, so that tools can describe bits they do not know. */
+static const struct { uint8_t type, bit; const char *name; } features[] = {
+  { 0, 0, "dirty bit" },
+  { 0, 1, "corrupt bit" },
+  { 0, 2, "external data file" },
+  { 0, 3, "compression type" },
+  { 0, 4, "extended L2 entries" },
+  { 1, 0, "lazy refcounts" },
+  { 2, 0, "bitmaps" },
+  { 2, 1, "raw external data" },
+};
+#define FEATURE_ENTRY_SIZE 48
+
+void
+qcow2_feature_table_build (struct qcow2_extension *ext)
+{
+  static uint8_t table[sizeof features / sizeof features[0]
+                       * FEATURE_ENTRY_SIZE];
+  size_t i;
+
+  memset (table, 0, sizeof table);
+  for (i = 0; i < sizeof features / sizeof features[0]; ++i) {
+    uint8_t *e = &table[i * FEATURE_ENTRY_SIZE];
+    e[0] = features[i].type;
+    e[1] = features[i].bit;
+    memcpy (&e[2], features[i].name, strlen (features[i].name));
+  }
+  ext->type = QCOW2_EXT_FEATURE_TABLE;
+  ext->length = sizeof table;
+  ext->data = table;
+}

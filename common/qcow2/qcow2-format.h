@@ -1,0 +1,203 @@
+/* The qcow2 structures a dirty-bitmap sidecar uses: encoding, decoding
+ * and validation of each live together here, and nowhere else.
+ *
+ * Validation follows QEMU's docs/interop/qcow2.txt and the limits QEMU
+ * enforces when it opens an image, so that whatever we accept QEMU
+ * accepts, and whatever we write QEMU reads.  Every decoder reports a
+ * failure with nbdkit_error naming the file, the structure and the
+ * field, and returns -1.
+ */
+#ifndef DIRTYBITMAP_QCOW2_FORMAT_H
+#define DIRTYBITMAP_QCOW2_FORMAT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define QCOW2_MAGIC                 0x514649fbU
+#define QCOW2_V3_HEADER_MIN         104   /* version 3 header, no fields after */
+#define QCOW2_HEADER_LENGTH_WRITTEN 112   /* with compression_type, as QEMU */
+
+#define QCOW2_MIN_CLUSTER_BITS      9
+#define QCOW2_MAX_CLUSTER_BITS      21
+#define QCOW2_MAX_REFTABLE_BYTES    (UINT64_C(8) << 20)
+#define QCOW2_MAX_L1_BYTES          (UINT64_C(32) << 20)
+#define QCOW2_MAX_REFCOUNT_ORDER    6
+
+/* Feature bits. */
+#define QCOW2_INCOMPAT_DIRTY        (UINT64_C(1) << 0)
+#define QCOW2_INCOMPAT_CORRUPT      (UINT64_C(1) << 1)
+#define QCOW2_INCOMPAT_DATA_FILE    (UINT64_C(1) << 2)
+#define QCOW2_INCOMPAT_COMPRESSION  (UINT64_C(1) << 3)
+#define QCOW2_INCOMPAT_EXTL2        (UINT64_C(1) << 4)
+#define QCOW2_INCOMPAT_KNOWN        (UINT64_C(0x1f))
+#define QCOW2_AUTOCLEAR_BITMAPS     (UINT64_C(1) << 0)
+#define QCOW2_AUTOCLEAR_DATA_RAW    (UINT64_C(1) << 1)
+#define QCOW2_AUTOCLEAR_KNOWN       (UINT64_C(0x3))
+
+/* Header extension types. */
+#define QCOW2_EXT_END               0x00000000U
+#define QCOW2_EXT_FEATURE_TABLE     0x6803f857U
+#define QCOW2_EXT_BITMAPS           0x23852875U
+
+/* Bitmap limits, as QEMU enforces them on open. */
+#define QCOW2_BITMAP_MAX_COUNT      65535
+#define QCOW2_BITMAP_MAX_DIR_SIZE   (UINT64_C(1024) * 65535)
+#define QCOW2_BITMAP_MAX_TABLE_SIZE UINT32_C(0x8000000)
+#define QCOW2_BITMAP_MAX_DATA_BYTES (UINT64_C(512) << 20)
+#define QCOW2_BITMAP_MIN_GRAN_BITS  9
+#define QCOW2_BITMAP_MAX_GRAN_BITS  31
+#define QCOW2_BITMAP_MAX_NAME_SIZE  1023
+#define QCOW2_BITMAP_TYPE_DIRTY     1
+#define QCOW2_BITMAP_FLAG_IN_USE    (UINT32_C(1) << 0)
+#define QCOW2_BITMAP_FLAG_AUTO      (UINT32_C(1) << 1)
+#define QCOW2_BITMAP_FLAGS_KNOWN    UINT32_C(0x3)
+#define QCOW2_BITMAP_EXT_SIZE       24
+#define QCOW2_BITMAP_ENTRY_FIXED    24
+
+struct qcow2_header {
+  uint32_t version;
+  uint64_t backing_file_offset;
+  uint32_t backing_file_size;
+  uint32_t cluster_bits;
+  uint64_t size;
+  uint32_t crypt_method;
+  uint32_t l1_size;
+  uint64_t l1_table_offset;
+  uint64_t refcount_table_offset;
+  uint32_t refcount_table_clusters;
+  uint32_t nb_snapshots;
+  uint64_t snapshots_offset;
+  uint64_t incompatible_features;
+  uint64_t compatible_features;
+  uint64_t autoclear_features;
+  uint32_t refcount_order;
+  uint32_t header_length;
+  uint8_t compression_type;
+};
+
+/* Decode and validate the header at the start of BUF (LEN bytes, at
+ * least QCOW2_V3_HEADER_MIN) of a file of FILE_SIZE bytes.
+ */
+extern int qcow2_header_decode (const char *path, const uint8_t *buf,
+                                size_t len, uint64_t file_size,
+                                struct qcow2_header *h);
+
+/* Encode every known field into BUF, which holds h->header_length
+ * bytes; bytes of a longer header that we do not know are untouched.
+ */
+extern void qcow2_header_encode (const struct qcow2_header *h, uint8_t *buf);
+
+/* Byte offset of the autoclear field, for rewriting it alone. */
+#define QCOW2_HEADER_AUTOCLEAR_OFFSET 88
+
+/* A header extension kept as raw bytes, so unknown ones are preserved. */
+struct qcow2_extension {
+  uint32_t type;
+  uint32_t length;
+  uint8_t *data;
+};
+
+/* Parse the extensions in BUF[START..END) up to the end marker.
+ * Returns the number found (stored in *EXTS, to be freed with
+ * qcow2_extensions_free) or -1.
+ */
+extern int qcow2_extensions_decode (const char *path, const uint8_t *buf,
+                                    size_t start, size_t end,
+                                    struct qcow2_extension **exts);
+extern void qcow2_extensions_free (struct qcow2_extension *exts, size_t n);
+
+/* Bytes that N extensions take, end marker included. */
+extern size_t qcow2_extensions_encoded_size (const struct qcow2_extension *exts,
+                                             size_t n);
+/* Encode N extensions and the end marker at BUF. */
+extern void qcow2_extensions_encode (const struct qcow2_extension *exts,
+                                     size_t n, uint8_t *buf);
+
+/* The bitmaps header extension. */
+struct qcow2_bitmaps_ext {
+  uint32_t nb_bitmaps;
+  uint64_t directory_size;
+  uint64_t directory_offset;
+};
+
+extern int qcow2_bitmaps_ext_decode (const char *path,
+                                     const struct qcow2_extension *ext,
+                                     unsigned cluster_bits, uint64_t file_size,
+                                     struct qcow2_bitmaps_ext *out);
+extern void qcow2_bitmaps_ext_encode (const struct qcow2_bitmaps_ext *in,
+                                      uint8_t data[QCOW2_BITMAP_EXT_SIZE]);
+
+/* One bitmap directory entry (extra data is never accepted: QEMU
+ * refuses any, so a sidecar with some is unusable anyway).
+ */
+struct qcow2_bitmap_entry {
+  uint64_t table_offset;
+  uint32_t table_size;
+  uint32_t flags;
+  uint8_t type;
+  uint8_t granularity_bits;
+  uint16_t name_size;
+  char name[QCOW2_BITMAP_MAX_NAME_SIZE + 1];  /* NUL-terminated copy */
+};
+
+/* Bytes one entry takes in the directory, padding included. */
+extern size_t qcow2_bitmap_entry_size (uint16_t name_size);
+
+/* Decode NB entries from a directory of DIR_SIZE bytes at BUF; checks
+ * each field, unique names, and that the entries fill the directory
+ * exactly.  ENTRIES must have room for NB entries.
+ */
+extern int qcow2_bitmap_directory_decode (const char *path, const uint8_t *buf,
+                                          uint64_t dir_size, uint32_t nb,
+                                          unsigned cluster_bits,
+                                          uint64_t file_size,
+                                          struct qcow2_bitmap_entry *entries);
+
+/* Encode NB entries at BUF, which holds the sum of their sizes. */
+extern void qcow2_bitmap_directory_encode (const struct qcow2_bitmap_entry *entries,
+                                           uint32_t nb, uint8_t *buf);
+
+/* Validate a bitmap name given by a user (not from a file). */
+extern int qcow2_bitmap_name_check (const char *name, const char *where);
+
+/* Table size a bitmap must have for a disk of VIRTUAL_SIZE bytes. */
+extern uint64_t qcow2_bitmap_table_size (uint64_t virtual_size,
+                                         unsigned granularity_bits,
+                                         unsigned cluster_bits);
+
+/* Whether a bitmap of that granularity fits QEMU's limits; on failure
+ * the error says which limit and what granularity would fit.
+ */
+extern int qcow2_bitmap_size_check (const char *path, const char *name,
+                                    uint64_t virtual_size,
+                                    unsigned granularity_bits,
+                                    unsigned cluster_bits);
+
+/* One bitmap table entry.  *OFFSET is 0 for a cluster that reads as
+ * all zeros, or as all ones if *ALL_ONES.
+ */
+extern int qcow2_bitmap_table_entry_decode (const char *path, const char *name,
+                                            uint64_t index, uint64_t raw,
+                                            unsigned cluster_bits,
+                                            uint64_t file_size,
+                                            uint64_t *offset, bool *all_ones);
+extern uint64_t qcow2_bitmap_table_entry_encode (uint64_t offset);
+
+/* One refcount table entry. */
+extern int qcow2_reftable_entry_decode (const char *path, uint64_t index,
+                                        uint64_t raw, unsigned cluster_bits,
+                                        uint64_t file_size, uint64_t *offset);
+
+/* Refcount block entries of 1 << ORDER bits, big-endian within the
+ * block as the spec lays them out.
+ */
+extern uint64_t qcow2_refcount_get (const uint8_t *block, unsigned order,
+                                    uint64_t index);
+extern void qcow2_refcount_set (uint8_t *block, unsigned order,
+                                uint64_t index, uint64_t value);
+
+/* The feature name table QEMU writes into new images. */
+extern void qcow2_feature_table_build (struct qcow2_extension *ext);
+
+#endif /* DIRTYBITMAP_QCOW2_FORMAT_H */

@@ -1,0 +1,919 @@
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <nbdkit-filter.h>
+
+#include "byte-order.h"
+#include "checked-io.h"
+#include "sidecar.h"
+
+#define DIV_ROUND_UP(a, b) (((a) + (b) - 1) / (b))
+
+/* Layout of a sidecar we create: header, refcount table, one refcount
+ * block, then the L1 table, as qemu-img create lays out a new image.
+ */
+#define NEW_CLUSTER_BITS  16
+#define NEW_REFCOUNT_ORDER 4
+
+static int
+sync_directory_of (const char *path)
+{
+  char *copy = strdup (path);
+  int fd, r = 0;
+
+  if (copy == NULL)
+    return 0;
+  fd = open (dirname (copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    if (fsync (fd) == -1 && errno != EINVAL) {
+      nbdkit_error ("%s: flushing the directory entry: %m", path);
+      r = -1;
+    }
+    close (fd);
+  }
+  free (copy);
+  return r;
+}
+
+int
+sidecar_create (const char *path, uint64_t virtual_size)
+{
+  const uint64_t cs = UINT64_C(1) << NEW_CLUSTER_BITS;
+  const uint64_t l2_coverage = cs * (cs / 8);
+  struct qcow2_header h = {
+    .version = 3,
+    .cluster_bits = NEW_CLUSTER_BITS,
+    .size = virtual_size,
+    .refcount_table_offset = cs,
+    .refcount_table_clusters = 1,
+    .refcount_order = NEW_REFCOUNT_ORDER,
+    .header_length = QCOW2_HEADER_LENGTH_WRITTEN,
+    .l1_table_offset = 3 * cs,
+  };
+  struct qcow2_extension feature_table;
+  uint64_t l1_clusters, i;
+  uint8_t *buf = NULL;
+  char *tmp = NULL;
+  int fd = -1;
+
+  if (virtual_size > (QCOW2_MAX_L1_BYTES / 8) * l2_coverage) {
+    nbdkit_error ("%s: a qcow2 sidecar with 64 KiB clusters cannot describe "
+                  "a disk of %" PRIu64 " bytes", path, virtual_size);
+    return -1;
+  }
+  h.l1_size = DIV_ROUND_UP (virtual_size, l2_coverage);
+  l1_clusters = DIV_ROUND_UP ((uint64_t) h.l1_size * 8, cs);
+  if (l1_clusters == 0)
+    l1_clusters = 1;
+
+  if (asprintf (&tmp, "%s.newXXXXXX", path) == -1) {
+    tmp = NULL;
+    nbdkit_error ("asprintf: %m");
+    goto err;
+  }
+  fd = mkostemp (tmp, O_CLOEXEC);
+  if (fd == -1) {
+    nbdkit_error ("%s: creating a temporary file to build the sidecar: %m",
+                  tmp);
+    free (tmp);
+    tmp = NULL;
+    goto err;
+  }
+  /* mkostemp makes the file 0600; a sidecar gets the usual mode. */
+  {
+    mode_t mask = umask (0);
+    umask (mask);
+    if (fchmod (fd, 0666 & ~mask) == -1) {
+      nbdkit_error ("%s: fchmod: %m", tmp);
+      goto err;
+    }
+  }
+  buf = calloc (1, cs);
+  if (buf == NULL) {
+    nbdkit_error ("calloc: %m");
+    goto err;
+  }
+
+  /* Cluster 0: header and the feature name table. */
+  qcow2_header_encode (&h, buf);
+  qcow2_feature_table_build (&feature_table);
+  qcow2_extensions_encode (&feature_table, 1, &buf[h.header_length]);
+  if (write_fully (fd, tmp, "header", buf, cs, 0) == -1)
+    goto err;
+
+  /* Cluster 1: refcount table with one block, at cluster 2. */
+  memset (buf, 0, cs);
+  store_be64 (buf, 2 * cs);
+  if (write_fully (fd, tmp, "refcount table", buf, cs, cs) == -1)
+    goto err;
+
+  /* Cluster 2: the block, counting clusters 0-2 and the L1 table. */
+  memset (buf, 0, cs);
+  for (i = 0; i < 3 + l1_clusters; ++i)
+    qcow2_refcount_set (buf, NEW_REFCOUNT_ORDER, i, 1);
+  if (write_fully (fd, tmp, "refcount block", buf, cs, 2 * cs) == -1)
+    goto err;
+
+  /* The L1 table is all zeros: leave it sparse so that even a huge
+   * disk's sidecar is created at once.
+   */
+  if (ftruncate (fd, (3 + l1_clusters) * cs) == -1) {
+    nbdkit_error ("%s: extending to hold the L1 table: %m", tmp);
+    goto err;
+  }
+  if (fsync (fd) == -1) {
+    nbdkit_error ("%s: fsync: %m", tmp);
+    goto err;
+  }
+  /* link() fails if PATH appeared meanwhile: never clobber a file. */
+  if (link (tmp, path) == -1) {
+    nbdkit_error ("%s: creating the sidecar: %m", path);
+    goto err;
+  }
+  unlink (tmp);
+  close (fd);
+  free (tmp);
+  free (buf);
+  return sync_directory_of (path);
+
+ err:
+  if (fd >= 0)
+    close (fd);
+  if (tmp) {
+    unlink (tmp);
+    free (tmp);
+  }
+  free (buf);
+  return -1;
+}
+
+uint64_t
+sidecar_bitmap_granules (const struct sidecar *sc,
+                         const struct sidecar_bitmap *bm)
+{
+  unsigned g = bm->entry.granularity_bits;
+
+  return (sc->header.size >> g)
+    + ((sc->header.size & ((UINT64_C(1) << g) - 1)) != 0);
+}
+
+static void
+bitmap_free (struct sidecar_bitmap *bm)
+{
+  if (bm == NULL)
+    return;
+  free (bm->table);
+  dirtymap_free (bm->data);
+  free (bm);
+}
+
+void
+sidecar_close (struct sidecar *sc)
+{
+  size_t i;
+
+  if (sc == NULL)
+    return;
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    bitmap_free (sc->bitmaps[i]);
+  free (sc->bitmaps);
+  refcounts_free (&sc->refcounts);
+  qcow2_extensions_free (sc->exts, sc->nr_exts);
+  free (sc->header_raw);
+  free (sc->backing_name);
+  if (sc->fd >= 0)
+    close (sc->fd);
+  free (sc->path);
+  free (sc);
+}
+
+/* Read cluster 0: header, extensions and backing file name. */
+static int
+load_header (struct sidecar *sc)
+{
+  uint8_t first[QCOW2_V3_HEADER_MIN];
+  size_t first_len = sc->file_size < sizeof first ? sc->file_size
+                                                   : sizeof first;
+  uint32_t cluster_bits;
+  size_t cluster_len, ext_end;
+  uint8_t *cluster = NULL;
+  int n, r = -1;
+
+  if (read_fully (sc->fd, sc->path, "qcow2 header", first, first_len, 0)
+      == -1)
+    return -1;
+  /* Decode what we have first, so a bad cluster size is reported
+   * before it sizes an allocation.
+   */
+  cluster_bits = first_len >= 24 ? load_be32 (&first[20]) : 0;
+  if (cluster_bits < QCOW2_MIN_CLUSTER_BITS ||
+      cluster_bits > QCOW2_MAX_CLUSTER_BITS)
+    return qcow2_header_decode (sc->path, first, first_len, sc->file_size,
+                                &sc->header);
+
+  sc->cluster_size = UINT64_C(1) << cluster_bits;
+  cluster_len = sc->file_size < sc->cluster_size ? sc->file_size
+                                                 : sc->cluster_size;
+  cluster = malloc (cluster_len);
+  if (cluster == NULL) {
+    nbdkit_error ("%s: malloc: %m", sc->path);
+    return -1;
+  }
+  if (read_fully (sc->fd, sc->path, "first cluster", cluster, cluster_len, 0)
+      == -1 ||
+      qcow2_header_decode (sc->path, cluster, cluster_len, sc->file_size,
+                           &sc->header) == -1)
+    goto out;
+
+  sc->header_raw = malloc (sc->header.header_length);
+  if (sc->header_raw == NULL) {
+    nbdkit_error ("%s: malloc: %m", sc->path);
+    goto out;
+  }
+  memcpy (sc->header_raw, cluster, sc->header.header_length);
+
+  ext_end = sc->header.backing_file_offset ? sc->header.backing_file_offset
+                                           : cluster_len;
+  if (ext_end > cluster_len) {
+    nbdkit_error ("%s: qcow2 header: backing file name at offset %" PRIu64
+                  " lies past the end of the file", sc->path,
+                  sc->header.backing_file_offset);
+    goto out;
+  }
+  n = qcow2_extensions_decode (sc->path, cluster, sc->header.header_length,
+                               ext_end, &sc->exts);
+  if (n == -1)
+    goto out;
+  sc->nr_exts = n;
+  sc->header_area = sc->header.header_length
+    + qcow2_extensions_encoded_size (sc->exts, sc->nr_exts);
+
+  if (sc->header.backing_file_offset) {
+    if (sc->header.backing_file_offset + sc->header.backing_file_size
+          > cluster_len) {
+      nbdkit_error ("%s: qcow2 header: backing file name runs past the end "
+                    "of the file", sc->path);
+      goto out;
+    }
+    sc->backing_name = malloc (sc->header.backing_file_size + 1);
+    if (sc->backing_name == NULL) {
+      nbdkit_error ("%s: malloc: %m", sc->path);
+      goto out;
+    }
+    memcpy (sc->backing_name, &cluster[sc->header.backing_file_offset],
+            sc->header.backing_file_size);
+    sc->header_area = sc->header.backing_file_offset
+      + sc->header.backing_file_size;
+  }
+  r = 0;
+
+ out:
+  free (cluster);
+  return r;
+}
+
+static int
+load_bitmap_data (struct sidecar *sc, struct sidecar_bitmap *bm)
+{
+  const struct qcow2_bitmap_entry *e = &bm->entry;
+  uint64_t expected = qcow2_bitmap_table_size (sc->header.size,
+                                               e->granularity_bits,
+                                               sc->header.cluster_bits);
+  uint64_t i;
+  uint8_t *raw = NULL, *cluster = NULL;
+  int r = -1;
+
+  if (e->table_size != expected) {
+    nbdkit_error ("%s: bitmap '%s': bitmap_table_size %" PRIu32 " does not "
+                  "match the virtual size (%" PRIu64 " bytes needs %" PRIu64
+                  " entries)", sc->path, e->name, e->table_size,
+                  sc->header.size, expected);
+    return -1;
+  }
+  /* The directory decoder bounded table_size by QEMU's limits and the
+   * table by the file size.
+   */
+  raw = malloc ((size_t) e->table_size * 8);
+  bm->table = calloc (e->table_size, sizeof bm->table[0]);
+  cluster = malloc (sc->cluster_size);
+  bm->data = dirtymap_new (sidecar_bitmap_granules (sc, bm));
+  if (!raw || !bm->table || !cluster || !bm->data) {
+    nbdkit_error ("%s: bitmap '%s': allocating: %m", sc->path, e->name);
+    goto out;
+  }
+  if (read_fully (sc->fd, sc->path, "bitmap table", raw,
+                  (size_t) e->table_size * 8, e->table_offset) == -1)
+    goto out;
+
+  for (i = 0; i < e->table_size; ++i) {
+    uint64_t first_bit = i * sc->cluster_size * 8;
+    bool all_ones;
+
+    if (qcow2_bitmap_table_entry_decode (sc->path, e->name, i,
+                                         load_be64 (&raw[i * 8]),
+                                         sc->header.cluster_bits,
+                                         sc->file_size, &bm->table[i],
+                                         &all_ones) == -1)
+      goto out;
+    if (all_ones) {
+      if (dirtymap_set_range (bm->data, first_bit, sc->cluster_size * 8)
+          == -1)
+        goto out;
+    }
+    else if (bm->table[i] != 0) {
+      if (read_fully (sc->fd, sc->path, "bitmap data", cluster,
+                      sc->cluster_size, bm->table[i]) == -1)
+        goto out;
+      if (dirtymap_import (bm->data, first_bit, cluster, sc->cluster_size)
+          == -1) {
+        nbdkit_error ("%s: bitmap '%s': data cluster %" PRIu64 " at 0x%"
+                      PRIx64 " has bits set past the end of the disk",
+                      sc->path, e->name, i, bm->table[i]);
+        goto out;
+      }
+    }
+  }
+  r = 0;
+
+ out:
+  free (raw);
+  free (cluster);
+  return r;
+}
+
+static int
+load_directory (struct sidecar *sc)
+{
+  struct qcow2_bitmaps_ext ext;
+  struct qcow2_bitmap_entry *entries = NULL;
+  uint8_t *dir = NULL;
+  uint32_t i;
+  int r = -1;
+
+  sc->bitmaps_ext = -1;
+  for (i = 0; i < sc->nr_exts; ++i)
+    if (sc->exts[i].type == QCOW2_EXT_BITMAPS)
+      sc->bitmaps_ext = i;
+  if (sc->bitmaps_ext == -1)
+    return 0;
+  if (!(sc->header.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+    /* A program that does not know bitmaps wrote the file after QEMU
+     * did, so the bitmaps may be stale: QEMU ignores them, as we do.
+     */
+    nbdkit_debug ("%s: bitmaps autoclear bit is clear: ignoring the "
+                  "bitmaps extension, as QEMU does", sc->path);
+    return 0;
+  }
+  if (qcow2_bitmaps_ext_decode (sc->path, &sc->exts[sc->bitmaps_ext],
+                                sc->header.cluster_bits, sc->file_size,
+                                &ext) == -1)
+    return -1;
+
+  /* Both bounded by the format's limits and the file's size. */
+  dir = malloc (ext.directory_size);
+  entries = calloc (ext.nb_bitmaps, sizeof *entries);
+  sc->bitmaps = calloc (ext.nb_bitmaps, sizeof sc->bitmaps[0]);
+  if (!dir || !entries || !sc->bitmaps) {
+    nbdkit_error ("%s: allocating the bitmap directory: %m", sc->path);
+    goto out;
+  }
+  if (read_fully (sc->fd, sc->path, "bitmap directory", dir,
+                  ext.directory_size, ext.directory_offset) == -1 ||
+      qcow2_bitmap_directory_decode (sc->path, dir, ext.directory_size,
+                                     ext.nb_bitmaps, sc->header.cluster_bits,
+                                     sc->file_size, entries) == -1)
+    goto out;
+  sc->dir_offset = ext.directory_offset;
+  sc->dir_size = ext.directory_size;
+
+  for (i = 0; i < ext.nb_bitmaps; ++i) {
+    struct sidecar_bitmap *bm = calloc (1, sizeof *bm);
+
+    if (bm == NULL) {
+      nbdkit_error ("%s: calloc: %m", sc->path);
+      goto out;
+    }
+    sc->bitmaps[sc->nr_bitmaps++] = bm;
+    bm->entry = entries[i];
+    bm->on_disk = true;
+    bm->inconsistent = (bm->entry.flags & QCOW2_BITMAP_FLAG_IN_USE) != 0;
+    /* QEMU never reads the data of an inconsistent bitmap. */
+    if (!bm->inconsistent && load_bitmap_data (sc, bm) == -1)
+      goto out;
+  }
+  r = 0;
+
+ out:
+  free (dir);
+  free (entries);
+  return r;
+}
+
+struct sidecar *
+sidecar_open (const char *path, bool writable)
+{
+  struct sidecar *sc;
+  struct stat st;
+
+  sc = calloc (1, sizeof *sc);
+  if (sc == NULL || (sc->path = strdup (path)) == NULL) {
+    nbdkit_error ("calloc: %m");
+    free (sc);
+    return NULL;
+  }
+  sc->writable = writable;
+  sc->bitmaps_ext = -1;
+  sc->fd = open (path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+  if (sc->fd == -1) {
+    nbdkit_error ("%s: cannot open the sidecar%s: %m", path,
+                  writable ? " for writing" : "");
+    goto err;
+  }
+  if (fstat (sc->fd, &st) == -1) {
+    nbdkit_error ("%s: fstat: %m", path);
+    goto err;
+  }
+  if (!S_ISREG (st.st_mode)) {
+    nbdkit_error ("%s: the sidecar must be a regular file", path);
+    goto err;
+  }
+  sc->file_size = st.st_size;
+
+  if (load_header (sc) == -1)
+    goto err;
+  if (writable &&
+      (sc->header.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+    nbdkit_error ("%s: qcow2 header: the dirty bit is set (lazy refcounts "
+                  "were not written back); repair the sidecar with "
+                  "'qemu-img check -r all %s' before using it", path, path);
+    goto err;
+  }
+  if (refcounts_load (&sc->refcounts, sc->path, sc->fd, &sc->header,
+                      sc->file_size) == -1)
+    goto err;
+  if (load_directory (sc) == -1)
+    goto err;
+  return sc;
+
+ err:
+  sidecar_close (sc);
+  return NULL;
+}
+
+struct sidecar_bitmap *
+sidecar_find (struct sidecar *sc, const char *name)
+{
+  size_t i;
+
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    if (strcmp (sc->bitmaps[i]->entry.name, name) == 0)
+      return sc->bitmaps[i];
+  return NULL;
+}
+
+struct sidecar_bitmap *
+sidecar_add_bitmap (struct sidecar *sc, const char *name,
+                    unsigned granularity_bits)
+{
+  struct sidecar_bitmap *bm, **p;
+
+  if (qcow2_bitmap_name_check (name, sc->path) == -1)
+    return NULL;
+  if (sidecar_find (sc, name)) {
+    nbdkit_error ("%s: bitmap '%s' already exists", sc->path, name);
+    return NULL;
+  }
+  if (sc->nr_bitmaps >= QCOW2_BITMAP_MAX_COUNT) {
+    nbdkit_error ("%s: already holds %d bitmaps, QEMU's limit; remove "
+                  "some with 'qemu-img bitmap --remove'", sc->path,
+                  QCOW2_BITMAP_MAX_COUNT);
+    return NULL;
+  }
+  if (granularity_bits < QCOW2_BITMAP_MIN_GRAN_BITS ||
+      granularity_bits > QCOW2_BITMAP_MAX_GRAN_BITS) {
+    nbdkit_error ("%s: bitmap '%s': granularity 2^%u is outside 512 "
+                  "bytes to 2G", sc->path, name, granularity_bits);
+    return NULL;
+  }
+  if (qcow2_bitmap_size_check (sc->path, name, sc->header.size,
+                               granularity_bits, sc->header.cluster_bits)
+      == -1)
+    return NULL;
+
+  bm = calloc (1, sizeof *bm);
+  p = realloc (sc->bitmaps, (sc->nr_bitmaps + 1) * sizeof *p);
+  if (bm == NULL || p == NULL) {
+    nbdkit_error ("%s: allocating bitmap '%s': %m", sc->path, name);
+    free (bm);
+    if (p)
+      sc->bitmaps = p;
+    return NULL;
+  }
+  sc->bitmaps = p;
+  bm->entry.type = QCOW2_BITMAP_TYPE_DIRTY;
+  bm->entry.granularity_bits = granularity_bits;
+  bm->entry.flags = QCOW2_BITMAP_FLAG_AUTO;
+  bm->entry.name_size = strlen (name);
+  memcpy (bm->entry.name, name, bm->entry.name_size + 1);
+  bm->entry.table_size = qcow2_bitmap_table_size (sc->header.size,
+                                                  granularity_bits,
+                                                  sc->header.cluster_bits);
+  bm->tracked = true;
+  bm->data = dirtymap_new (sidecar_bitmap_granules (sc, bm));
+  if (bm->data == NULL) {
+    free (bm);
+    return NULL;
+  }
+  sc->bitmaps[sc->nr_bitmaps++] = bm;
+  return bm;
+}
+
+/* Rewrite cluster 0 with the header and a bitmaps extension describing
+ * EXT: the commit point of every change to the bitmaps.  Extensions we
+ * do not know, and the backing file name, are written back as they
+ * were read.
+ */
+static int
+write_header (struct sidecar *sc, const struct qcow2_bitmaps_ext *ext)
+{
+  uint8_t ext_data[QCOW2_BITMAP_EXT_SIZE];
+  struct qcow2_extension *e;
+  size_t used, write_len;
+  uint8_t *buf;
+  int r = -1;
+
+  qcow2_bitmaps_ext_encode (ext, ext_data);
+  if (sc->bitmaps_ext == -1) {
+    e = realloc (sc->exts, (sc->nr_exts + 1) * sizeof *e);
+    if (e == NULL) {
+      nbdkit_error ("%s: realloc: %m", sc->path);
+      return -1;
+    }
+    sc->exts = e;
+    e[sc->nr_exts].type = QCOW2_EXT_BITMAPS;
+    e[sc->nr_exts].length = 0;
+    e[sc->nr_exts].data = NULL;
+    sc->bitmaps_ext = sc->nr_exts++;
+  }
+  e = &sc->exts[sc->bitmaps_ext];
+  if (e->length != QCOW2_BITMAP_EXT_SIZE) {
+    uint8_t *d = malloc (QCOW2_BITMAP_EXT_SIZE);
+    if (d == NULL) {
+      nbdkit_error ("%s: malloc: %m", sc->path);
+      return -1;
+    }
+    free (e->data);
+    e->data = d;
+    e->length = QCOW2_BITMAP_EXT_SIZE;
+  }
+  memcpy (e->data, ext_data, QCOW2_BITMAP_EXT_SIZE);
+
+  used = sc->header.header_length
+    + qcow2_extensions_encoded_size (sc->exts, sc->nr_exts);
+  if (sc->backing_name) {
+    sc->header.backing_file_offset = used;
+    used += sc->header.backing_file_size;
+  }
+  if (used > sc->cluster_size) {
+    nbdkit_error ("%s: the header extensions no longer fit in the first "
+                  "cluster (%zu bytes needed)", sc->path, used);
+    return -1;
+  }
+  write_len = used > sc->header_area ? used : sc->header_area;
+  buf = calloc (1, write_len);
+  if (buf == NULL) {
+    nbdkit_error ("%s: calloc: %m", sc->path);
+    return -1;
+  }
+  memcpy (buf, sc->header_raw, sc->header.header_length);
+  qcow2_header_encode (&sc->header, buf);
+  qcow2_extensions_encode (sc->exts, sc->nr_exts,
+                           &buf[sc->header.header_length]);
+  if (sc->backing_name)
+    memcpy (&buf[sc->header.backing_file_offset], sc->backing_name,
+            sc->header.backing_file_size);
+  if (write_fully (sc->fd, sc->path, "header", buf, write_len, 0) == -1)
+    goto out;
+  memcpy (sc->header_raw, buf, sc->header.header_length);
+  sc->header_area = used;
+  r = 0;
+
+ out:
+  free (buf);
+  return r;
+}
+
+static int
+write_autoclear (struct sidecar *sc, uint64_t autoclear)
+{
+  uint8_t raw[8];
+
+  sc->header.autoclear_features = autoclear;
+  store_be64 (raw, autoclear);
+  memcpy (&sc->header_raw[QCOW2_HEADER_AUTOCLEAR_OFFSET], raw, 8);
+  if (write_fully (sc->fd, sc->path, "header autoclear features", raw, 8,
+                   QCOW2_HEADER_AUTOCLEAR_OFFSET) == -1 ||
+      sync_data (sc->fd, sc->path, "header") == -1)
+    return -1;
+  return 0;
+}
+
+static uint64_t
+directory_size (struct sidecar *sc)
+{
+  uint64_t size = 0;
+  size_t i;
+
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    size += qcow2_bitmap_entry_size (sc->bitmaps[i]->entry.name_size);
+  return size;
+}
+
+/* A copy of every bitmap's entry as it stands, to be edited into the
+ * next directory.
+ */
+static struct qcow2_bitmap_entry *
+current_entries (struct sidecar *sc)
+{
+  struct qcow2_bitmap_entry *entries = calloc (sc->nr_bitmaps,
+                                               sizeof *entries);
+  size_t i;
+
+  if (entries == NULL) {
+    nbdkit_error ("%s: calloc: %m", sc->path);
+    return NULL;
+  }
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    entries[i] = sc->bitmaps[i]->entry;
+  return entries;
+}
+
+/* The directory for ENTRIES, zero-padded to PADDED bytes. */
+static uint8_t *
+encode_directory (struct sidecar *sc, const struct qcow2_bitmap_entry *entries,
+                  uint64_t padded)
+{
+  uint8_t *buf = calloc (1, padded);
+
+  if (buf == NULL) {
+    nbdkit_error ("%s: allocating the bitmap directory: %m", sc->path);
+    return NULL;
+  }
+  qcow2_bitmap_directory_encode (entries, sc->nr_bitmaps, buf);
+  return buf;
+}
+
+/* Write BYTES bytes from BUF into newly allocated clusters; returns
+ * the offset, or 0 after nbdkit_error.  BUF holds whole clusters.
+ */
+static uint64_t
+write_new_clusters (struct sidecar *sc, const char *what,
+                    const void *buf, uint64_t bytes)
+{
+  uint64_t n = DIV_ROUND_UP (bytes, sc->cluster_size);
+  uint64_t offset = refcounts_alloc (&sc->refcounts, n);
+
+  if (offset == 0)
+    return 0;
+  if (write_fully (sc->fd, sc->path, what, buf, n * sc->cluster_size, offset)
+      == -1)
+    return 0;
+  return offset;
+}
+
+/* Write a bitmap's data (if WITH_DATA) and a new table for it.  On
+ * success *TABLE_RET holds the new table and the entry's table offset
+ * is set in *E.
+ */
+static int
+write_bitmap (struct sidecar *sc, struct sidecar_bitmap *bm, bool with_data,
+              struct qcow2_bitmap_entry *e, uint64_t **table_ret)
+{
+  uint64_t table_bytes = (uint64_t) e->table_size * 8;
+  uint64_t padded = DIV_ROUND_UP (table_bytes, sc->cluster_size)
+    * sc->cluster_size;
+  uint64_t *table = calloc (e->table_size, sizeof *table);
+  uint8_t *raw = calloc (1, padded);
+  uint8_t *cluster = malloc (sc->cluster_size);
+  uint64_t i;
+  int r = -1;
+
+  if (!table || !raw || !cluster) {
+    nbdkit_error ("%s: bitmap '%s': allocating: %m", sc->path, e->name);
+    goto out;
+  }
+  for (i = 0; with_data && i < e->table_size; ++i) {
+    /* All-zero clusters stay unallocated (table entry 0), as QEMU
+     * stores them.
+     */
+    if (!dirtymap_export (bm->data, i * sc->cluster_size * 8, cluster,
+                          sc->cluster_size))
+      continue;
+    table[i] = write_new_clusters (sc, "bitmap data", cluster,
+                                   sc->cluster_size);
+    if (table[i] == 0)
+      goto out;
+  }
+  for (i = 0; i < e->table_size; ++i)
+    store_be64 (&raw[i * 8], qcow2_bitmap_table_entry_encode (table[i]));
+  e->table_offset = write_new_clusters (sc, "bitmap table", raw, table_bytes);
+  if (e->table_offset == 0)
+    goto out;
+  *table_ret = table;
+  table = NULL;
+  r = 0;
+
+ out:
+  free (table);
+  free (raw);
+  free (cluster);
+  return r;
+}
+
+static int
+release_bitmap_clusters (struct sidecar *sc, const struct qcow2_bitmap_entry *e,
+                         const uint64_t *table)
+{
+  uint64_t i;
+
+  for (i = 0; i < e->table_size; ++i)
+    if (table[i] != 0 && refcounts_release (&sc->refcounts, table[i], 1) == -1)
+      return -1;
+  return refcounts_release (&sc->refcounts, e->table_offset,
+                            DIV_ROUND_UP ((uint64_t) e->table_size * 8,
+                                          sc->cluster_size));
+}
+
+enum commit_mode { COMMIT_BEGIN, COMMIT_STORE };
+
+/* Copy-on-write update of the bitmaps, as QEMU stores them.  BEGIN
+ * writes new bitmaps (empty) and sets IN_USE on every tracked one;
+ * STORE writes every tracked bitmap's data and clears IN_USE.  Nothing
+ * already on disk is overwritten before the header commit.
+ */
+static int
+commit (struct sidecar *sc, enum commit_mode mode)
+{
+  struct qcow2_bitmap_entry *entries = NULL;
+  uint64_t **new_tables = NULL;
+  struct qcow2_bitmaps_ext ext;
+  uint64_t dir_padded, old_dir_offset = sc->dir_offset;
+  uint64_t old_dir_size = sc->dir_size;
+  bool old_dir_valid = sc->dir_size > 0;
+  uint8_t *dir = NULL;
+  size_t i;
+  int r = -1;
+
+  entries = current_entries (sc);
+  new_tables = calloc (sc->nr_bitmaps, sizeof *new_tables);
+  if (!entries || !new_tables) {
+    nbdkit_error ("%s: calloc: %m", sc->path);
+    goto out;
+  }
+  for (i = 0; i < sc->nr_bitmaps; ++i) {
+    struct sidecar_bitmap *bm = sc->bitmaps[i];
+
+    if (!bm->tracked)
+      continue;
+    if (mode == COMMIT_STORE || !bm->on_disk) {
+      if (write_bitmap (sc, bm, mode == COMMIT_STORE, &entries[i],
+                        &new_tables[i]) == -1)
+        goto out;
+    }
+    if (mode == COMMIT_STORE)
+      entries[i].flags = (entries[i].flags & ~QCOW2_BITMAP_FLAG_IN_USE)
+        | QCOW2_BITMAP_FLAG_AUTO;
+    else
+      entries[i].flags |= QCOW2_BITMAP_FLAG_IN_USE;
+  }
+
+  ext.nb_bitmaps = sc->nr_bitmaps;
+  ext.directory_size = directory_size (sc);
+  dir_padded = DIV_ROUND_UP (ext.directory_size, sc->cluster_size)
+    * sc->cluster_size;
+  dir = encode_directory (sc, entries, dir_padded);
+  if (dir == NULL)
+    goto out;
+  ext.directory_offset = write_new_clusters (sc, "bitmap directory", dir,
+                                             ext.directory_size);
+  if (ext.directory_offset == 0)
+    goto out;
+
+  if (refcounts_write (&sc->refcounts) == -1 ||
+      sync_data (sc->fd, sc->path, "bitmaps") == -1)
+    goto out;
+  sc->header.autoclear_features =
+    (sc->header.autoclear_features & QCOW2_AUTOCLEAR_KNOWN)
+    | QCOW2_AUTOCLEAR_BITMAPS;
+  if (write_header (sc, &ext) == -1 ||
+      sync_data (sc->fd, sc->path, "header") == -1)
+    goto out;
+
+  /* Committed: the old clusters are no longer referenced. */
+  sc->dir_offset = ext.directory_offset;
+  sc->dir_size = ext.directory_size;
+  for (i = 0; i < sc->nr_bitmaps; ++i) {
+    struct sidecar_bitmap *bm = sc->bitmaps[i];
+
+    if (new_tables[i]) {
+      if (bm->on_disk &&
+          release_bitmap_clusters (sc, &bm->entry, bm->table) == -1)
+        goto out;
+      free (bm->table);
+      bm->table = new_tables[i];
+      new_tables[i] = NULL;
+    }
+    bm->entry = entries[i];
+    bm->on_disk = true;
+  }
+  if (old_dir_valid &&
+      refcounts_release (&sc->refcounts, old_dir_offset,
+                         DIV_ROUND_UP (old_dir_size, sc->cluster_size)) == -1)
+    goto out;
+  if (refcounts_write (&sc->refcounts) == -1 ||
+      sync_data (sc->fd, sc->path, "refcounts") == -1)
+    goto out;
+  r = 0;
+
+ out:
+  if (new_tables)
+    for (i = 0; i < sc->nr_bitmaps; ++i)
+      free (new_tables[i]);
+  free (new_tables);
+  free (entries);
+  free (dir);
+  return r;
+}
+
+int
+sidecar_begin_tracking (struct sidecar *sc)
+{
+  struct qcow2_bitmap_entry *entries;
+  bool any = false, in_place;
+  uint8_t *dir;
+  size_t i;
+  int r;
+
+  in_place = sc->dir_size > 0;
+  for (i = 0; i < sc->nr_bitmaps; ++i) {
+    if (!sc->bitmaps[i]->tracked)
+      continue;
+    any = true;
+    if (!sc->bitmaps[i]->on_disk)
+      in_place = false;
+  }
+  if (!any)
+    return 0;
+  if (!sc->writable) {
+    nbdkit_error ("%s: opened read-only, cannot track writes", sc->path);
+    return -1;
+  }
+  if (!in_place)
+    return commit (sc, COMMIT_BEGIN);
+
+  /* QEMU's way: with the autoclear bit clear, a crash in the middle
+   * leaves a file whose bitmaps every reader ignores, never a torn
+   * directory that is trusted.
+   */
+  if (write_autoclear (sc, sc->header.autoclear_features
+                       & QCOW2_AUTOCLEAR_KNOWN & ~QCOW2_AUTOCLEAR_BITMAPS)
+      == -1)
+    return -1;
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    if (sc->bitmaps[i]->tracked)
+      sc->bitmaps[i]->entry.flags |= QCOW2_BITMAP_FLAG_IN_USE;
+  entries = current_entries (sc);
+  if (entries == NULL)
+    return -1;
+  dir = encode_directory (sc, entries, sc->dir_size);
+  free (entries);
+  if (dir == NULL)
+    return -1;
+  r = write_fully (sc->fd, sc->path, "bitmap directory", dir, sc->dir_size,
+                   sc->dir_offset);
+  free (dir);
+  if (r == -1 || sync_data (sc->fd, sc->path, "bitmap directory") == -1)
+    return -1;
+  return write_autoclear (sc, sc->header.autoclear_features
+                          | QCOW2_AUTOCLEAR_BITMAPS);
+}
+
+int
+sidecar_store (struct sidecar *sc)
+{
+  size_t i;
+
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    if (sc->bitmaps[i]->tracked)
+      return commit (sc, COMMIT_STORE);
+  return 0;
+}

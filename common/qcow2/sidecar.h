@@ -1,0 +1,90 @@
+/* A qcow2 sidecar holding persistent dirty bitmaps, read and written
+ * the way QEMU does it, so that QEMU's tools cannot tell the
+ * difference.
+ *
+ * Life cycle: sidecar_open validates the whole file and loads every
+ * consistent bitmap; the caller marks which bitmaps it tracks (and may
+ * add new ones); sidecar_begin_tracking flags them IN_USE on disk;
+ * sidecar_store writes their data and clears IN_USE.  Everything else
+ * in the file is kept as it was.
+ */
+#ifndef DIRTYBITMAP_SIDECAR_H
+#define DIRTYBITMAP_SIDECAR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dirtymap.h"
+#include "qcow2-format.h"
+#include "refcount.h"
+
+struct sidecar_bitmap {
+  struct qcow2_bitmap_entry entry;  /* as it is, or will be, on disk */
+  bool inconsistent;          /* IN_USE when opened: data not trusted */
+  bool on_disk;               /* false for a bitmap added this session */
+  bool tracked;               /* records writes: set by the caller */
+  uint64_t *table;            /* data cluster offsets, if loaded */
+  struct dirtymap *data;      /* NULL for an inconsistent bitmap */
+};
+
+struct sidecar {
+  char *path;
+  int fd;
+  bool writable;
+  uint64_t file_size;
+  uint64_t cluster_size;
+  struct qcow2_header header;
+  uint8_t *header_raw;        /* header_length bytes, unknown fields kept */
+  struct qcow2_extension *exts;
+  size_t nr_exts;
+  int bitmaps_ext;            /* index in exts, or -1 */
+  uint8_t *backing_name;
+  size_t header_area;         /* bytes of cluster 0 in use on disk */
+  uint64_t dir_offset;
+  uint64_t dir_size;
+  struct sidecar_bitmap **bitmaps;
+  size_t nr_bitmaps;
+  struct refcounts refcounts;
+};
+
+/* Create an empty qcow2 sidecar (version 3, 64 KiB clusters, 16-bit
+ * refcounts) of VIRTUAL_SIZE bytes at PATH, which must not exist.  The
+ * file appears complete or not at all.
+ */
+extern int sidecar_create (const char *path, uint64_t virtual_size);
+
+/* Open and validate PATH; NULL after nbdkit_error.  Opening for
+ * writing refuses a sidecar whose dirty (lazy refcounts) bit is set.
+ */
+extern struct sidecar *sidecar_open (const char *path, bool writable);
+extern void sidecar_close (struct sidecar *sc);
+
+extern struct sidecar_bitmap *sidecar_find (struct sidecar *sc,
+                                            const char *name);
+
+/* Add an enabled, tracked bitmap that is written at the next
+ * sidecar_begin_tracking; NULL after nbdkit_error (bad name, duplicate,
+ * granularity beyond QEMU's limits).
+ */
+extern struct sidecar_bitmap *sidecar_add_bitmap (struct sidecar *sc,
+                                                  const char *name,
+                                                  unsigned granularity_bits);
+
+/* Number of granules of a bitmap: its data's size in bits. */
+extern uint64_t sidecar_bitmap_granules (const struct sidecar *sc,
+                                         const struct sidecar_bitmap *bm);
+
+/* Flag every tracked bitmap IN_USE on disk, flushed, before any write
+ * is let through; new bitmaps are written with it.
+ */
+extern int sidecar_begin_tracking (struct sidecar *sc);
+
+/* Store every tracked bitmap's data, clearing IN_USE and keeping AUTO.
+ * New clusters are written and flushed, the header is rewritten as the
+ * commit point, then the old clusters are freed.  On failure the
+ * bitmaps stay IN_USE on disk.
+ */
+extern int sidecar_store (struct sidecar *sc);
+
+#endif /* DIRTYBITMAP_SIDECAR_H */

@@ -1,0 +1,396 @@
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <nbdkit-filter.h>
+
+#include "dirtymap.h"
+#include "qcow2-format.h"
+#include "sidecar.h"
+#include "tracker.h"
+
+struct tracker {
+  const struct tracker_config *cfg;
+  pthread_mutex_t lock;         /* guards start-up and the export claim */
+  char *exportname;             /* the claimed export, or NULL */
+  bool started;                 /* read without the lock once set */
+  uint64_t export_size;
+  struct sidecar *sidecar;
+  struct dirtymap *recording;   /* every write since start */
+  unsigned recording_bits;      /* its granularity, log2 bytes */
+};
+
+void
+tracker_config_init (struct tracker_config *cfg)
+{
+  memset (cfg, 0, sizeof *cfg);
+  cfg->granularity_bits = TRACKER_DEFAULT_GRANULARITY_BITS;
+}
+
+void
+tracker_config_free (struct tracker_config *cfg)
+{
+  size_t i;
+
+  free (cfg->sidecar_path);
+  for (i = 0; i < cfg->nr_names; ++i)
+    free (cfg->names[i]);
+  free (cfg->names);
+  tracker_config_init (cfg);
+}
+
+int
+tracker_config_set_sidecar (struct tracker_config *cfg, const char *path)
+{
+  if (cfg->sidecar_path) {
+    nbdkit_error ("dirtybitmap-file= given twice: one sidecar per export");
+    return -1;
+  }
+  if (*path == '\0') {
+    nbdkit_error ("dirtybitmap-file= is empty: give the path of the qcow2 "
+                  "sidecar");
+    return -1;
+  }
+  cfg->sidecar_path = strdup (path);
+  if (cfg->sidecar_path == NULL) {
+    nbdkit_error ("strdup: %m");
+    return -1;
+  }
+  return 0;
+}
+
+int
+tracker_config_add_name (struct tracker_config *cfg, const char *name)
+{
+  char **p;
+  size_t i;
+
+  if (qcow2_bitmap_name_check (name, "dirtybitmap=") == -1)
+    return -1;
+  for (i = 0; i < cfg->nr_names; ++i) {
+    if (strcmp (cfg->names[i], name) == 0) {
+      nbdkit_error ("dirtybitmap=%s: bitmap named twice", name);
+      return -1;
+    }
+  }
+  p = realloc (cfg->names, (cfg->nr_names + 1) * sizeof *p);
+  if (p == NULL) {
+    nbdkit_error ("realloc: %m");
+    return -1;
+  }
+  cfg->names = p;
+  cfg->names[cfg->nr_names] = strdup (name);
+  if (cfg->names[cfg->nr_names] == NULL) {
+    nbdkit_error ("strdup: %m");
+    return -1;
+  }
+  cfg->nr_names++;
+  return 0;
+}
+
+int
+tracker_config_set_granularity (struct tracker_config *cfg,
+                                int64_t granularity)
+{
+  const int64_t min = INT64_C(1) << QCOW2_BITMAP_MIN_GRAN_BITS;
+  const int64_t max = INT64_C(1) << QCOW2_BITMAP_MAX_GRAN_BITS;
+
+  if (granularity < min || granularity > max ||
+      (granularity & (granularity - 1)) != 0) {
+    nbdkit_error ("dirtybitmap-granularity=%" PRIi64 ": must be a power of "
+                  "two from 512 to 2G (for example 64K)", granularity);
+    return -1;
+  }
+  cfg->granularity_bits = __builtin_ctzll (granularity);
+  return 0;
+}
+
+int
+tracker_config_check (const struct tracker_config *cfg)
+{
+  if (cfg->sidecar_path == NULL) {
+    nbdkit_error ("dirtybitmap-file=SIDECAR.qcow2 is required: the qcow2 "
+                  "file that holds the bitmaps (created if missing)");
+    return -1;
+  }
+  return 0;
+}
+
+struct tracker *
+tracker_new (const struct tracker_config *cfg)
+{
+  struct tracker *t = calloc (1, sizeof *t);
+
+  if (t == NULL) {
+    nbdkit_error ("calloc: %m");
+    return NULL;
+  }
+  t->cfg = cfg;
+  pthread_mutex_init (&t->lock, NULL);
+  return t;
+}
+
+void
+tracker_free (struct tracker *t)
+{
+  if (t == NULL)
+    return;
+  sidecar_close (t->sidecar);
+  dirtymap_free (t->recording);
+  free (t->exportname);
+  pthread_mutex_destroy (&t->lock);
+  free (t);
+}
+
+static bool
+is_named (const struct tracker_config *cfg, const char *name)
+{
+  size_t i;
+
+  for (i = 0; i < cfg->nr_names; ++i)
+    if (strcmp (cfg->names[i], name) == 0)
+      return true;
+  return false;
+}
+
+/* Decide which bitmaps record writes.  With ADD false nothing changes:
+ * missing bitmaps are only checked against QEMU's limits.  Returns the
+ * number tracked, or -1.
+ */
+static int
+select_bitmaps (struct tracker *t, struct sidecar *sc, bool add)
+{
+  const struct tracker_config *cfg = t->cfg;
+  int tracked = 0;
+  size_t i;
+
+  for (i = 0; i < cfg->nr_names; ++i) {
+    const char *name = cfg->names[i];
+    struct sidecar_bitmap *bm = sidecar_find (sc, name);
+
+    if (bm && !(bm->entry.flags & QCOW2_BITMAP_FLAG_AUTO) &&
+        !bm->inconsistent) {
+      nbdkit_error ("%s: bitmap '%s' is disabled, so it cannot record "
+                    "writes; enable it with 'qemu-img bitmap --enable %s "
+                    "%s', or do not name it", sc->path, name, sc->path,
+                    name);
+      return -1;
+    }
+    if (bm == NULL) {
+      if (!add) {
+        if (qcow2_bitmap_size_check (sc->path, name, sc->header.size,
+                                     cfg->granularity_bits,
+                                     sc->header.cluster_bits) == -1)
+          return -1;
+        tracked++;
+      }
+      else if (sidecar_add_bitmap (sc, name, cfg->granularity_bits) == NULL)
+        return -1;
+    }
+  }
+  for (i = 0; i < sc->nr_bitmaps; ++i) {
+    struct sidecar_bitmap *bm = sc->bitmaps[i];
+
+    if (bm->inconsistent) {
+      /* Not an error: QEMU keeps such bitmaps too, and the others can
+       * still be tracked.  Reported once, when tracking starts.
+       */
+      if (add)
+        nbdkit_error ("warning: %s: bitmap '%s' is marked in use: it was "
+                      "not stored cleanly (its last writer crashed or is "
+                      "still running), so it may miss writes and is neither "
+                      "loaded nor tracked; it stays in use.  Remove it with "
+                      "'qemu-img bitmap --remove %s %s' and take a full "
+                      "backup%s", sc->path, bm->entry.name, sc->path,
+                      bm->entry.name,
+                      is_named (cfg, bm->entry.name)
+                      ? ", then restart to create it afresh" : "");
+      continue;
+    }
+    bm->tracked = (bm->entry.flags & QCOW2_BITMAP_FLAG_AUTO) != 0;
+    tracked += bm->tracked;
+  }
+  if (tracked == 0) {
+    nbdkit_error ("%s: no enabled bitmap to record writes into; name one "
+                  "with dirtybitmap=NAME (it is created if missing)",
+                  sc->path);
+    return -1;
+  }
+  return tracked;
+}
+
+static int
+check_size (const char *path, uint64_t sidecar_size, uint64_t export_size)
+{
+  if (sidecar_size != export_size) {
+    nbdkit_error ("%s: the sidecar's virtual size is %" PRIu64 " bytes but "
+                  "the export is %" PRIu64 " bytes: it tracks another disk; "
+                  "use the sidecar made for this export, or a new path",
+                  path, sidecar_size, export_size);
+    return -1;
+  }
+  return 0;
+}
+
+int
+tracker_validate (struct tracker *t, uint64_t export_size)
+{
+  const char *path = t->cfg->sidecar_path;
+  struct sidecar *sc;
+  int r;
+
+  if (export_size == 0) {
+    nbdkit_error ("the export is empty (0 bytes): there is nothing to track");
+    return -1;
+  }
+  if (access (path, F_OK) == -1 && errno == ENOENT) {
+    size_t i;
+
+    if (t->cfg->nr_names == 0) {
+      nbdkit_error ("%s does not exist and no bitmap is named: add "
+                    "dirtybitmap=NAME to create the sidecar with a bitmap",
+                    path);
+      return -1;
+    }
+    for (i = 0; i < t->cfg->nr_names; ++i)
+      if (qcow2_bitmap_size_check (path, t->cfg->names[i], export_size,
+                                   t->cfg->granularity_bits, 16) == -1)
+        return -1;
+    return 0;
+  }
+  sc = sidecar_open (path, false);
+  if (sc == NULL)
+    return -1;
+  r = check_size (path, sc->header.size, export_size);
+  if (r == 0)
+    r = select_bitmaps (t, sc, false) >= 0 ? 0 : -1;
+  sidecar_close (sc);
+  return r;
+}
+
+int
+tracker_claim_export (struct tracker *t, const char *exportname)
+{
+  int r = 0;
+
+  pthread_mutex_lock (&t->lock);
+  if (t->exportname == NULL) {
+    t->exportname = strdup (exportname);
+    if (t->exportname == NULL) {
+      nbdkit_error ("strdup: %m");
+      r = -1;
+    }
+  }
+  else if (strcmp (t->exportname, exportname) != 0) {
+    nbdkit_error ("%s tracks export '%s'; export '%s' is refused because "
+                  "its writes would be mixed into the same bitmaps (run one "
+                  "nbdkit with its own dirtybitmap-file= per export)",
+                  t->cfg->sidecar_path, t->exportname, exportname);
+    r = -1;
+  }
+  pthread_mutex_unlock (&t->lock);
+  return r;
+}
+
+static int
+start_locked (struct tracker *t, uint64_t export_size)
+{
+  const char *path = t->cfg->sidecar_path;
+  struct sidecar *sc;
+  unsigned finest = QCOW2_BITMAP_MAX_GRAN_BITS;
+  size_t i;
+
+  if (access (path, F_OK) == -1 && errno == ENOENT &&
+      sidecar_create (path, export_size) == -1)
+    return -1;
+  sc = sidecar_open (path, true);
+  if (sc == NULL)
+    return -1;
+  if (check_size (path, sc->header.size, export_size) == -1 ||
+      select_bitmaps (t, sc, true) == -1 ||
+      sidecar_begin_tracking (sc) == -1)
+    goto err;
+
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    if (sc->bitmaps[i]->tracked && sc->bitmaps[i]->entry.granularity_bits < finest)
+      finest = sc->bitmaps[i]->entry.granularity_bits;
+  t->recording_bits = finest;
+  t->recording = dirtymap_new ((export_size >> finest)
+                               + ((export_size & ((UINT64_C(1) << finest) - 1))
+                                  != 0));
+  if (t->recording == NULL)
+    goto err;
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    if (sc->bitmaps[i]->tracked)
+      nbdkit_debug ("dirtybitmap: tracking '%s' (granularity %" PRIu64 ")",
+                    sc->bitmaps[i]->entry.name,
+                    UINT64_C(1) << sc->bitmaps[i]->entry.granularity_bits);
+  t->sidecar = sc;
+  t->export_size = export_size;
+  __atomic_store_n (&t->started, true, __ATOMIC_RELEASE);
+  return 0;
+
+ err:
+  sidecar_close (sc);
+  return -1;
+}
+
+int
+tracker_start (struct tracker *t, uint64_t export_size)
+{
+  int r = 0;
+
+  if (!__atomic_load_n (&t->started, __ATOMIC_ACQUIRE)) {
+    pthread_mutex_lock (&t->lock);
+    if (!t->started)
+      r = start_locked (t, export_size);
+    pthread_mutex_unlock (&t->lock);
+    if (r == -1)
+      return -1;
+  }
+  return check_size (t->cfg->sidecar_path, t->export_size, export_size);
+}
+
+int
+tracker_mark (struct tracker *t, uint64_t offset, uint64_t count)
+{
+  uint64_t first, last;
+
+  if (count == 0)
+    return 0;
+  first = offset >> t->recording_bits;
+  last = (offset + count - 1) >> t->recording_bits;
+  return dirtymap_set_range (t->recording, first, last - first + 1) == -1
+    ? -1 : 0;
+}
+
+int
+tracker_stop (struct tracker *t)
+{
+  struct sidecar *sc = t->sidecar;
+  size_t i;
+  int r;
+
+  if (!t->started)
+    return 0;
+  for (i = 0; i < sc->nr_bitmaps; ++i) {
+    struct sidecar_bitmap *bm = sc->bitmaps[i];
+    if (bm->tracked &&
+        dirtymap_merge_scaled (bm->data, t->recording,
+                               bm->entry.granularity_bits - t->recording_bits)
+        == -1)
+      return -1;
+  }
+  r = sidecar_store (sc);
+  if (r == 0)
+    nbdkit_debug ("dirtybitmap: stored the bitmaps in %s", sc->path);
+  sidecar_close (sc);
+  t->sidecar = NULL;
+  t->started = false;
+  return r;
+}

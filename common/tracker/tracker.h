@@ -1,0 +1,70 @@
+/* Changed-block tracking for one export: which bitmaps record writes,
+ * the map every write goes to, and the sidecar they end up in.
+ *
+ * Every write marks one shared recording map, whatever the number of
+ * bitmaps; the map is folded into each tracked bitmap when the bitmaps
+ * are stored.  The recording map has the finest granularity of the
+ * tracked bitmaps, so folding it loses nothing.
+ */
+#ifndef DIRTYBITMAP_TRACKER_H
+#define DIRTYBITMAP_TRACKER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define TRACKER_DEFAULT_GRANULARITY_BITS 16
+
+struct tracker_config {
+  char *sidecar_path;
+  char **names;                 /* dirtybitmap=NAME, in order */
+  size_t nr_names;
+  unsigned granularity_bits;    /* for bitmaps the filter creates */
+};
+
+extern void tracker_config_init (struct tracker_config *cfg);
+extern void tracker_config_free (struct tracker_config *cfg);
+extern int tracker_config_set_sidecar (struct tracker_config *cfg,
+                                       const char *path);
+extern int tracker_config_add_name (struct tracker_config *cfg,
+                                    const char *name);
+/* GRANULARITY in bytes, as parsed from the command line. */
+extern int tracker_config_set_granularity (struct tracker_config *cfg,
+                                           int64_t granularity);
+/* All required parameters are there. */
+extern int tracker_config_check (const struct tracker_config *cfg);
+
+struct tracker;
+
+extern struct tracker *tracker_new (const struct tracker_config *cfg);
+extern void tracker_free (struct tracker *t);
+
+/* Check the configuration against the sidecar (if it exists) and an
+ * export of EXPORT_SIZE bytes, without changing anything on disk, so
+ * that nbdkit refuses to start rather than fail its first client.
+ */
+extern int tracker_validate (struct tracker *t, uint64_t export_size);
+
+/* Claim EXPORTNAME as the tracked export: the first name claimed wins
+ * and any other is refused, so two exports never share a bitmap.
+ */
+extern int tracker_claim_export (struct tracker *t, const char *exportname);
+
+/* Begin tracking, once, before the first write is let through: create
+ * the sidecar if needed, load it, add missing bitmaps and flag the
+ * tracked ones IN_USE on disk.  Later calls only check EXPORT_SIZE.
+ * Thread-safe.
+ */
+extern int tracker_start (struct tracker *t, uint64_t export_size);
+
+/* Mark the granules that [OFFSET, OFFSET + COUNT) touches.  Lock-free;
+ * returns -1 (with nbdkit_error) only if memory ran out, in which case
+ * the request must not reach the plugin.
+ */
+extern int tracker_mark (struct tracker *t, uint64_t offset, uint64_t count);
+
+/* Fold what was recorded into the tracked bitmaps and store them,
+ * clearing IN_USE.  Called once, after the last request.
+ */
+extern int tracker_stop (struct tracker *t);
+
+#endif /* DIRTYBITMAP_TRACKER_H */

@@ -1,0 +1,190 @@
+/* nbdkit dirtybitmap filter: the nbdkit callbacks.  Every write, zero
+ * and trim is marked in the tracker before it is passed on; the
+ * tracking itself lives in common/tracker.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nbdkit-filter.h>
+
+#include "tracker.h"
+
+/* -D dirtybitmap.writes=1 logs every range marked. */
+NBDKIT_DLL_PUBLIC int dirtybitmap_debug_writes;
+
+static struct tracker_config config;
+static struct tracker *tracker;
+
+static void
+dirtybitmap_load (void)
+{
+  tracker_config_init (&config);
+}
+
+static void
+dirtybitmap_unload (void)
+{
+  tracker_free (tracker);
+  tracker_config_free (&config);
+}
+
+static int
+dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
+                    const char *key, const char *value)
+{
+  if (strcmp (key, "dirtybitmap-file") == 0) {
+    /* nbdkit changes directory to / once it is ready. */
+    char *path = nbdkit_absolute_path (value);
+    int r;
+    if (path == NULL)
+      return -1;
+    r = tracker_config_set_sidecar (&config, path);
+    free (path);
+    return r;
+  }
+  if (strcmp (key, "dirtybitmap") == 0)
+    return tracker_config_add_name (&config, value);
+  if (strcmp (key, "dirtybitmap-granularity") == 0) {
+    int64_t size = nbdkit_parse_size (value);
+    if (size == -1)
+      return -1;
+    return tracker_config_set_granularity (&config, size);
+  }
+  return next (nxdata, key, value);
+}
+
+static int
+dirtybitmap_config_complete (nbdkit_next_config_complete *next,
+                             nbdkit_backend *nxdata)
+{
+  if (tracker_config_check (&config) == -1)
+    return -1;
+  tracker = tracker_new (&config);
+  if (tracker == NULL)
+    return -1;
+  return next (nxdata);
+}
+
+#define dirtybitmap_config_help \
+  "dirtybitmap-file=<FILE>     (required) qcow2 sidecar holding the bitmaps.\n" \
+  "dirtybitmap=<NAME>          Bitmap to record writes in (repeatable).\n" \
+  "dirtybitmap-granularity=<SIZE> Granularity of new bitmaps (default 64K)."
+
+/* Open the default export once, before serving anyone, so that a
+ * sidecar that does not fit is refused at start-up.
+ */
+static int
+dirtybitmap_after_fork (nbdkit_backend *backend)
+{
+  nbdkit_next *next = nbdkit_next_context_open (backend, 1, "", 1);
+  int64_t size;
+
+  if (next == NULL)
+    return -1;
+  if (next->prepare (next) == -1) {
+    nbdkit_next_context_close (next);
+    return -1;
+  }
+  size = next->get_size (next);
+  next->finalize (next);
+  nbdkit_next_context_close (next);
+  if (size == -1)
+    return -1;
+  return tracker_validate (tracker, size);
+}
+
+static void
+dirtybitmap_cleanup (nbdkit_backend *backend)
+{
+  tracker_stop (tracker);
+}
+
+static void *
+dirtybitmap_open (nbdkit_next_open *next, nbdkit_context *context,
+                  int readonly, const char *exportname, int is_tls)
+{
+  if (tracker_claim_export (tracker, exportname) == -1)
+    return NULL;
+  if (next (context, readonly, exportname) == -1)
+    return NULL;
+  return NBDKIT_HANDLE_NOT_NEEDED;
+}
+
+/* Tracking starts with the first connection that may write, so that a
+ * read-only server (nbdkit -r) never touches the sidecar.
+ */
+static int
+dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
+{
+  int64_t size;
+
+  if (readonly)
+    return 0;
+  size = next->get_size (next);
+  if (size == -1)
+    return -1;
+  return tracker_start (tracker, size);
+}
+
+static int
+mark (uint64_t offset, uint32_t count, const char *what, int *err)
+{
+  if (dirtybitmap_debug_writes)
+    nbdkit_debug ("dirtybitmap: %s offset %" PRIu64 " count %" PRIu32,
+                  what, offset, count);
+  if (tracker_mark (tracker, offset, count) == -1) {
+    *err = ENOMEM;
+    return -1;
+  }
+  return 0;
+}
+
+static int
+dirtybitmap_pwrite (nbdkit_next *next, void *handle, const void *buf,
+                    uint32_t count, uint64_t offset, uint32_t flags, int *err)
+{
+  if (mark (offset, count, "write", err) == -1)
+    return -1;
+  return next->pwrite (next, buf, count, offset, flags, err);
+}
+
+static int
+dirtybitmap_zero (nbdkit_next *next, void *handle,
+                  uint32_t count, uint64_t offset, uint32_t flags, int *err)
+{
+  if (mark (offset, count, "zero", err) == -1)
+    return -1;
+  return next->zero (next, count, offset, flags, err);
+}
+
+static int
+dirtybitmap_trim (nbdkit_next *next, void *handle,
+                  uint32_t count, uint64_t offset, uint32_t flags, int *err)
+{
+  if (mark (offset, count, "trim", err) == -1)
+    return -1;
+  return next->trim (next, count, offset, flags, err);
+}
+
+static struct nbdkit_filter filter = {
+  .name              = "dirtybitmap",
+  .longname          = "nbdkit dirtybitmap filter",
+  .load              = dirtybitmap_load,
+  .unload            = dirtybitmap_unload,
+  .config            = dirtybitmap_config,
+  .config_complete   = dirtybitmap_config_complete,
+  .config_help       = dirtybitmap_config_help,
+  .after_fork        = dirtybitmap_after_fork,
+  .cleanup           = dirtybitmap_cleanup,
+  .open              = dirtybitmap_open,
+  .prepare           = dirtybitmap_prepare,
+  .pwrite            = dirtybitmap_pwrite,
+  .zero              = dirtybitmap_zero,
+  .trim              = dirtybitmap_trim,
+};
+
+NBDKIT_REGISTER_FILTER (filter)
