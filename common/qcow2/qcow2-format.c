@@ -33,7 +33,7 @@ int
 qcow2_header_decode (const char *path, const uint8_t *buf, size_t len,
                      uint64_t file_size, struct qcow2_header *h)
 {
-  uint64_t cluster_size, l1_needed;
+  uint64_t cluster_size, l2_coverage, l1_needed;
 
   if (len < QCOW2_V3_HEADER_MIN || load_be32 (&buf[H_MAGIC]) != QCOW2_MAGIC) {
     nbdkit_error ("%s: not a qcow2 file (bad magic or shorter than a "
@@ -105,11 +105,22 @@ qcow2_header_decode (const char *path, const uint8_t *buf, size_t len,
                   "with 'qemu-img check -r all %s'", path, path);
     return -1;
   }
-  if ((h->incompatible_features & QCOW2_INCOMPAT_COMPRESSION) &&
-      h->header_length <= H_COMPRESSION_TYPE) {
-    nbdkit_error ("%s: qcow2 header: compression type bit set but "
-                  "header_length %" PRIu32 " has no compression_type field",
-                  path, h->header_length);
+  /* compression_type: 0 zlib, 1 zstd; non-zero if and only if the
+   * incompatible bit says so.
+   */
+  if (h->compression_type > 1 ||
+      ((h->incompatible_features & QCOW2_INCOMPAT_COMPRESSION) != 0) !=
+        (h->compression_type != 0)) {
+    nbdkit_error ("%s: qcow2 header: compression_type %" PRIu8 " (header_"
+                  "length %" PRIu32 ") disagrees with incompatible bit 3 or "
+                  "is not 0 (zlib) or 1 (zstd)", path, h->compression_type,
+                  h->header_length);
+    return -1;
+  }
+  if ((h->incompatible_features & QCOW2_INCOMPAT_EXTL2) &&
+      h->cluster_bits < 14) {
+    nbdkit_error ("%s: qcow2 header: extended L2 entries need cluster_bits "
+                  "of at least 14, not %" PRIu32, path, h->cluster_bits);
     return -1;
   }
   if (h->refcount_order > QCOW2_MAX_REFCOUNT_ORDER) {
@@ -142,9 +153,13 @@ qcow2_header_decode (const char *path, const uint8_t *buf, size_t len,
                   "outside the file", path, h->l1_table_offset, h->l1_size);
     return -1;
   }
-  /* One L1 entry maps cluster_size / 8 clusters of guest data. */
-  l1_needed = (h->size + (cluster_size * (cluster_size / 8)) - 1)
-    / (cluster_size * (cluster_size / 8));
+  /* One L1 entry maps an L2 table: cluster_size / 8 clusters of guest
+   * data, or half that with 16-byte extended L2 entries.
+   */
+  l2_coverage = cluster_size
+    * (cluster_size /
+       ((h->incompatible_features & QCOW2_INCOMPAT_EXTL2) ? 16 : 8));
+  l1_needed = h->size / l2_coverage + (h->size % l2_coverage != 0);
   if (h->size > (UINT64_C(1) << 62) || l1_needed > h->l1_size) {
     nbdkit_error ("%s: qcow2 header: l1_size %" PRIu32 " cannot map the "
                   "virtual size of %" PRIu64 " bytes", path, h->l1_size,
@@ -348,6 +363,12 @@ size_t
 qcow2_bitmap_entry_size (uint16_t name_size)
 {
   return ROUND_UP8 ((size_t) QCOW2_BITMAP_ENTRY_FIXED + name_size);
+}
+
+uint64_t
+qcow2_virtual_size_for (uint64_t bytes)
+{
+  return (bytes + 511) & ~UINT64_C(511);
 }
 
 uint64_t

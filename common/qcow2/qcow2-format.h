@@ -161,6 +161,12 @@ extern void qcow2_bitmap_directory_encode (const struct qcow2_bitmap_entry *entr
 /* Validate a bitmap name given by a user (not from a file). */
 extern int qcow2_bitmap_name_check (const char *name, const char *where);
 
+/* The virtual size a qcow2 image needs to cover a disk of BYTES bytes:
+ * QEMU counts whole 512-byte sectors, rounding a header's size down
+ * when it opens an image and up when qemu-img creates one.
+ */
+extern uint64_t qcow2_virtual_size_for (uint64_t bytes);
+
 /* Table size a bitmap must have for a disk of VIRTUAL_SIZE bytes. */
 extern uint64_t qcow2_bitmap_table_size (uint64_t virtual_size,
                                          unsigned granularity_bits,
