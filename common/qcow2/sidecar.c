@@ -14,6 +14,7 @@
 
 #include "byte-order.h"
 #include "checked-io.h"
+#include "qemu-lock.h"
 #include "sidecar.h"
 
 #define DIV_ROUND_UP(a, b) (((a) + (b) - 1) / (b))
@@ -21,7 +22,6 @@
 /* Layout of a sidecar we create: header, refcount table, one refcount
  * block, then the L1 table, as qemu-img create lays out a new image.
  */
-#define NEW_CLUSTER_BITS  16
 #define NEW_REFCOUNT_ORDER 4
 
 static int
@@ -47,11 +47,11 @@ sync_directory_of (const char *path)
 int
 sidecar_create (const char *path, uint64_t virtual_size)
 {
-  const uint64_t cs = UINT64_C(1) << NEW_CLUSTER_BITS;
+  const uint64_t cs = UINT64_C(1) << SIDECAR_NEW_CLUSTER_BITS;
   const uint64_t l2_coverage = cs * (cs / 8);
   struct qcow2_header h = {
     .version = 3,
-    .cluster_bits = NEW_CLUSTER_BITS,
+    .cluster_bits = SIDECAR_NEW_CLUSTER_BITS,
     .size = virtual_size,
     .refcount_table_offset = cs,
     .refcount_table_clusters = 1,
@@ -418,6 +418,96 @@ load_directory (struct sidecar *sc)
   return r;
 }
 
+/* Every cluster the filter may free or that guards its allocations
+ * must belong to exactly one structure and be counted as used:
+ * otherwise a store could free, or hand out, a cluster that still
+ * holds something else.  One bit per cluster of the file.
+ */
+struct cluster_claims {
+  struct sidecar *sc;
+  struct dirtymap *claimed;
+};
+
+static int
+claim (struct cluster_claims *cc, uint64_t offset, uint64_t bytes,
+       const char *what, const char *name)
+{
+  struct sidecar *sc = cc->sc;
+  uint64_t first = offset / sc->cluster_size;
+  uint64_t n = (bytes + sc->cluster_size - 1) / sc->cluster_size, i;
+
+  for (i = 0; i < n; ++i) {
+    if (dirtymap_test (cc->claimed, first + i)) {
+      nbdkit_error ("%s: %s%s%s%s at offset 0x%" PRIx64 " overlaps another "
+                    "structure in cluster 0x%" PRIx64 "; the sidecar is "
+                    "corrupt: check it with 'qemu-img check %s'", sc->path,
+                    what, name ? " of bitmap '" : "", name ? name : "",
+                    name ? "'" : "", offset,
+                    (first + i) * sc->cluster_size, sc->path);
+      return -1;
+    }
+    if (refcounts_get (&sc->refcounts, first + i) == 0) {
+      nbdkit_error ("%s: %s%s%s%s at offset 0x%" PRIx64 " lies in a cluster "
+                    "whose refcount is 0; repair the sidecar with "
+                    "'qemu-img check -r all %s'", sc->path, what,
+                    name ? " of bitmap '" : "", name ? name : "",
+                    name ? "'" : "", offset, sc->path);
+      return -1;
+    }
+    if (dirtymap_set_range (cc->claimed, first + i, 1) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+static int
+check_clusters (struct sidecar *sc)
+{
+  const struct qcow2_header *h = &sc->header;
+  struct cluster_claims cc = { .sc = sc };
+  uint64_t i, j;
+  int r = -1;
+
+  cc.claimed = dirtymap_new ((sc->file_size + sc->cluster_size - 1)
+                             / sc->cluster_size);
+  if (cc.claimed == NULL)
+    return -1;
+  if (claim (&cc, 0, sc->cluster_size, "the header", NULL) == -1 ||
+      claim (&cc, h->refcount_table_offset,
+             (uint64_t) h->refcount_table_clusters * sc->cluster_size,
+             "the refcount table", NULL) == -1 ||
+      (h->l1_size > 0 &&
+       claim (&cc, h->l1_table_offset, (uint64_t) h->l1_size * 8,
+              "the L1 table", NULL) == -1) ||
+      (sc->dir_size > 0 &&
+       claim (&cc, sc->dir_offset, sc->dir_size, "the bitmap directory",
+              NULL) == -1))
+    goto out;
+  for (i = 0; i < sc->refcounts.table_entries; ++i)
+    if (sc->refcounts.table[i] != 0 &&
+        claim (&cc, sc->refcounts.table[i], sc->cluster_size,
+               "a refcount block", NULL) == -1)
+      goto out;
+  for (i = 0; i < sc->nr_bitmaps; ++i) {
+    const struct sidecar_bitmap *bm = sc->bitmaps[i];
+
+    if (claim (&cc, bm->entry.table_offset,
+               (uint64_t) bm->entry.table_size * 8, "the bitmap table",
+               bm->entry.name) == -1)
+      goto out;
+    for (j = 0; bm->table && j < bm->entry.table_size; ++j)
+      if (bm->table[j] != 0 &&
+          claim (&cc, bm->table[j], sc->cluster_size, "a data cluster",
+                 bm->entry.name) == -1)
+        goto out;
+  }
+  r = 0;
+
+ out:
+  dirtymap_free (cc.claimed);
+  return r;
+}
+
 struct sidecar *
 sidecar_open (const char *path, bool writable)
 {
@@ -438,6 +528,8 @@ sidecar_open (const char *path, bool writable)
                   writable ? " for writing" : "");
     goto err;
   }
+  if (qemu_lock_image (sc->fd, path, writable) == -1)
+    goto err;
   if (fstat (sc->fd, &st) == -1) {
     nbdkit_error ("%s: fstat: %m", path);
     goto err;
@@ -460,7 +552,7 @@ sidecar_open (const char *path, bool writable)
   if (refcounts_load (&sc->refcounts, sc->path, sc->fd, &sc->header,
                       sc->file_size) == -1)
     goto err;
-  if (load_directory (sc) == -1)
+  if (load_directory (sc) == -1 || check_clusters (sc) == -1)
     goto err;
   return sc;
 

@@ -48,6 +48,9 @@ struct sidecar {
   struct refcounts refcounts;
 };
 
+/* Clusters of the sidecars we create: 64 KiB, as QEMU's default. */
+#define SIDECAR_NEW_CLUSTER_BITS 16
+
 /* Create an empty qcow2 sidecar (version 3, 64 KiB clusters, 16-bit
  * refcounts) of VIRTUAL_SIZE bytes at PATH, which must not exist.  The
  * file appears complete or not at all.

@@ -7,8 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <unistd.h>
 
+#include "byte-order.h"
 #include "sidecar.h"
 #include "unit-test.h"
 
@@ -125,6 +127,34 @@ test_in_use_left_behind (void)
   sidecar_close (sc);
 }
 
+/* A table entry aliasing the refcount table must be refused before a
+ * store could free that cluster; the file is left untouched.
+ */
+static void
+test_overlap_refused (void)
+{
+  struct sidecar *sc = sidecar_open (path, false);
+  uint64_t table_offset, refcount_table;
+  uint8_t entry[8];
+  int fd;
+
+  CHECK (sc != NULL);
+  table_offset = sidecar_find (sc, "fine")->entry.table_offset;
+  refcount_table = sc->header.refcount_table_offset;
+  sidecar_close (sc);
+
+  fd = open (path, O_RDWR);
+  CHECK (fd >= 0);
+  store_be64 (entry, refcount_table);
+  CHECK (pwrite (fd, entry, 8, table_offset) == 8);
+  close (fd);
+
+  clear_last_error ();
+  CHECK (sidecar_open (path, true) == NULL);
+  CHECK_ERROR_MENTIONS ("overlaps another structure");
+  CHECK_ERROR_MENTIONS ("bitmap 'fine'");
+}
+
 static void
 test_limits (void)
 {
@@ -155,6 +185,7 @@ main (void)
   snprintf (path, sizeof path, "%s/sidecar.qcow2", dir);
   test_create_begin_store_reopen ();
   test_in_use_left_behind ();
+  test_overlap_refused ();
   test_limits ();
   unlink (path);
   rmdir (dir);
