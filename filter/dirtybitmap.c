@@ -75,25 +75,28 @@ dirtybitmap_config_complete (nbdkit_next_config_complete *next,
   "dirtybitmap-granularity=<SIZE> Granularity of new bitmaps (default 64K)."
 
 /* Open the default export once, before serving anyone, so that a
- * sidecar that does not fit is refused at start-up.
+ * sidecar that does not fit is refused at start-up.  Some plugins can
+ * only be opened inside a client connection (they need the client's
+ * export name); for them the same checks run at the first connection.
  */
 static int
 dirtybitmap_after_fork (nbdkit_backend *backend)
 {
   nbdkit_next *next = nbdkit_next_context_open (backend, 1, "", 1);
-  int64_t size;
+  int64_t size = -1;
 
-  if (next == NULL)
-    return -1;
-  if (next->prepare (next) == -1) {
+  if (next != NULL) {
+    if (next->prepare (next) != -1) {
+      size = next->get_size (next);
+      next->finalize (next);
+    }
     nbdkit_next_context_close (next);
-    return -1;
   }
-  size = next->get_size (next);
-  next->finalize (next);
-  nbdkit_next_context_close (next);
-  if (size == -1)
-    return -1;
+  if (size == -1) {
+    nbdkit_debug ("dirtybitmap: the plugin cannot be opened outside a "
+                  "connection: the sidecar is checked at the first one");
+    return 0;
+  }
   return tracker_validate (tracker, size);
 }
 
@@ -103,29 +106,54 @@ dirtybitmap_cleanup (nbdkit_backend *backend)
   tracker_stop (tracker);
 }
 
+struct handle {
+  const char *exportname;       /* interned: lives as long as the handle */
+};
+
 static void *
 dirtybitmap_open (nbdkit_next_open *next, nbdkit_context *context,
                   int readonly, const char *exportname, int is_tls)
 {
-  if (tracker_claim_export (tracker, exportname) == -1)
-    return NULL;
+  struct handle *h;
+
   if (next (context, readonly, exportname) == -1)
     return NULL;
-  return NBDKIT_HANDLE_NOT_NEEDED;
+  h = malloc (sizeof *h);
+  if (h == NULL) {
+    nbdkit_error ("malloc: %m");
+    return NULL;
+  }
+  h->exportname = nbdkit_strdup_intern (exportname);
+  if (h->exportname == NULL) {
+    free (h);
+    return NULL;
+  }
+  return h;
+}
+
+static void
+dirtybitmap_close (void *handle)
+{
+  free (handle);
 }
 
 /* Tracking starts with the first connection that may write, so that a
- * read-only server (nbdkit -r) never touches the sidecar.
+ * read-only server (nbdkit -r) never touches the sidecar.  That
+ * connection's export is the one tracked: a connection that may write
+ * to another export is refused.
  */
 static int
 dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
 {
+  struct handle *h = handle;
   int64_t size;
 
   if (readonly)
     return 0;
   size = next->get_size (next);
   if (size == -1)
+    return -1;
+  if (tracker_claim_export (tracker, h->exportname) == -1)
     return -1;
   return tracker_start (tracker, size);
 }
@@ -181,6 +209,7 @@ static struct nbdkit_filter filter = {
   .after_fork        = dirtybitmap_after_fork,
   .cleanup           = dirtybitmap_cleanup,
   .open              = dirtybitmap_open,
+  .close             = dirtybitmap_close,
   .prepare           = dirtybitmap_prepare,
   .pwrite            = dirtybitmap_pwrite,
   .zero              = dirtybitmap_zero,

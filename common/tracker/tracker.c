@@ -19,8 +19,11 @@ struct tracker {
   pthread_mutex_t lock;         /* guards start-up and the export claim */
   char *exportname;             /* the claimed export, or NULL */
   bool started;                 /* read without the lock once set */
+  bool warned_in_use;           /* in-use bitmaps reported already */
   uint64_t export_size;
   struct sidecar *sidecar;
+  struct sidecar *validated;    /* read-only, holding QEMU's read locks
+                                   from start-up until tracking starts */
   struct dirtymap *recording;   /* every write since start */
   unsigned recording_bits;      /* its granularity, log2 bytes */
 };
@@ -141,6 +144,7 @@ tracker_free (struct tracker *t)
   if (t == NULL)
     return;
   sidecar_close (t->sidecar);
+  sidecar_close (t->validated);
   dirtymap_free (t->recording);
   free (t->exportname);
   pthread_mutex_destroy (&t->lock);
@@ -198,9 +202,9 @@ select_bitmaps (struct tracker *t, struct sidecar *sc, bool add)
 
     if (bm->inconsistent) {
       /* Not an error: QEMU keeps such bitmaps too, and the others can
-       * still be tracked.  Reported once, when tracking starts.
+       * still be tracked.  Reported once, at the first look.
        */
-      if (add)
+      if (!t->warned_in_use)
         nbdkit_error ("warning: %s: bitmap '%s' is marked in use: it was "
                       "not stored cleanly (its last writer crashed or is "
                       "still running), so it may miss writes and is neither "
@@ -215,10 +219,11 @@ select_bitmaps (struct tracker *t, struct sidecar *sc, bool add)
     bm->tracked = (bm->entry.flags & QCOW2_BITMAP_FLAG_AUTO) != 0;
     tracked += bm->tracked;
   }
+  t->warned_in_use = true;
   if (tracked == 0) {
-    nbdkit_error ("%s: no enabled bitmap to record writes into; name one "
-                  "with dirtybitmap=NAME (it is created if missing)",
-                  sc->path);
+    nbdkit_error ("%s: no enabled bitmap to record writes into (bitmaps "
+                  "in use cannot record); name one with dirtybitmap=NAME "
+                  "(it is created if missing)", sc->path);
     return -1;
   }
   return tracked;
@@ -227,11 +232,13 @@ select_bitmaps (struct tracker *t, struct sidecar *sc, bool add)
 static int
 check_size (const char *path, uint64_t sidecar_size, uint64_t export_size)
 {
-  if (sidecar_size != export_size) {
+  if (sidecar_size != qcow2_virtual_size_for (export_size)) {
     nbdkit_error ("%s: the sidecar's virtual size is %" PRIu64 " bytes but "
-                  "the export is %" PRIu64 " bytes: it tracks another disk; "
-                  "use the sidecar made for this export, or a new path",
-                  path, sidecar_size, export_size);
+                  "the export is %" PRIu64 " bytes%s: it tracks another "
+                  "disk; use the sidecar made for this export, or a new "
+                  "path", path, sidecar_size, export_size,
+                  export_size % 512 ? " (rounded up to whole 512-byte "
+                  "sectors, as QEMU sizes disks)" : "");
     return -1;
   }
   return 0;
@@ -258,8 +265,10 @@ tracker_validate (struct tracker *t, uint64_t export_size)
       return -1;
     }
     for (i = 0; i < t->cfg->nr_names; ++i)
-      if (qcow2_bitmap_size_check (path, t->cfg->names[i], export_size,
-                                   t->cfg->granularity_bits, 16) == -1)
+      if (qcow2_bitmap_size_check (path, t->cfg->names[i],
+                                   qcow2_virtual_size_for (export_size),
+                                   t->cfg->granularity_bits,
+                                   SIDECAR_NEW_CLUSTER_BITS) == -1)
         return -1;
     return 0;
   }
@@ -269,8 +278,16 @@ tracker_validate (struct tracker *t, uint64_t export_size)
   r = check_size (path, sc->header.size, export_size);
   if (r == 0)
     r = select_bitmaps (t, sc, false) >= 0 ? 0 : -1;
-  sidecar_close (sc);
-  return r;
+  if (r == -1) {
+    sidecar_close (sc);
+    return -1;
+  }
+  /* Keep it open so that QEMU cannot write it before tracking starts
+   * (and never, with nbdkit -r).
+   */
+  sidecar_close (t->validated);
+  t->validated = sc;
+  return 0;
 }
 
 int
@@ -305,8 +322,11 @@ start_locked (struct tracker *t, uint64_t export_size)
   unsigned finest = QCOW2_BITMAP_MAX_GRAN_BITS;
   size_t i;
 
+  /* Our own read locks would make the writable open see a reader. */
+  sidecar_close (t->validated);
+  t->validated = NULL;
   if (access (path, F_OK) == -1 && errno == ENOENT &&
-      sidecar_create (path, export_size) == -1)
+      sidecar_create (path, qcow2_virtual_size_for (export_size)) == -1)
     return -1;
   sc = sidecar_open (path, true);
   if (sc == NULL)
@@ -353,7 +373,14 @@ tracker_start (struct tracker *t, uint64_t export_size)
     if (r == -1)
       return -1;
   }
-  return check_size (t->cfg->sidecar_path, t->export_size, export_size);
+  if (export_size != t->export_size) {
+    nbdkit_error ("%s: this connection's export is %" PRIu64 " bytes but "
+                  "tracking started for %" PRIu64 " bytes; the plugin "
+                  "changed size, which the sidecar cannot follow",
+                  t->cfg->sidecar_path, export_size, t->export_size);
+    return -1;
+  }
+  return 0;
 }
 
 int

@@ -1,0 +1,171 @@
+# Sourced by every test script.  Each test checks one behaviour, with
+# QEMU's tools as the referee, and removes what it made on exit.
+
+set -e
+set -u
+
+# Run standalone or from "make check".
+: "${abs_top_srcdir:=$(cd "$(dirname "$0")/.." && pwd)}"
+: "${abs_top_builddir:=$abs_top_srcdir}"
+FILTER="$abs_top_builddir/filter/.libs/nbdkit-dirtybitmap-filter.so"
+
+# nbdsh and libnbd's Python bindings live with Debian's interpreter.
+export PATH="/usr/bin:/usr/sbin:$PATH"
+export LANG=C
+
+# A missing tool fails the test in CI and skips it elsewhere.
+requires ()
+{
+  local cmd
+  for cmd in "$@"; do
+    if ! command -v "$cmd" >/dev/null 2>&1; then
+      if [ "${CI:-}" = "true" ]; then
+        echo "$0: FAIL: required tool '$cmd' is missing (CI must install it)" >&2
+        exit 1
+      fi
+      echo "$0: SKIP: '$cmd' is not installed" >&2
+      exit 77
+    fi
+  done
+}
+requires nbdkit nbdsh nbdinfo qemu-img qemu-nbd
+if [ ! -f "$FILTER" ]; then
+  echo "$0: FAIL: $FILTER is not built" >&2
+  exit 1
+fi
+# nbdkit is not built with the sanitizers, so a filter built with them
+# (./configure --enable-sanitizers) needs their runtimes preloaded.
+if ldd "$FILTER" | grep -q libasan; then
+  export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
+  export ASAN_OPTIONS="detect_leaks=0:verify_asan_link_order=0"
+  export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+fi
+if ! /usr/bin/python3 -c 'import nbd' 2>/dev/null; then
+  requires python3-libnbd-is-not-installed
+fi
+
+# Cleanup actions run in reverse order on exit, whatever the outcome.
+_cleanup_actions=()
+cleanup_fn ()
+{
+  _cleanup_actions+=("$*")
+}
+_run_cleanups ()
+{
+  local status=$? i
+  for (( i=${#_cleanup_actions[@]}-1; i>=0; i-- )); do
+    eval "${_cleanup_actions[$i]}" || :
+  done
+  exit $status
+}
+trap _run_cleanups EXIT
+trap 'exit 1' INT TERM
+
+tmpdir="$(mktemp -d "${TMPDIR:-/tmp}/dirtybitmap-test.XXXXXX")"
+cleanup_fn rm -rf "$tmpdir"
+
+fail ()
+{
+  echo "$0: FAIL: $*" >&2
+  exit 1
+}
+
+# nbdkit with the filter from the build tree; the rest of the command
+# line is passed as it is.
+nbdkit_filter ()
+{
+  nbdkit --filter="$FILTER" "$@"
+}
+
+# Run an nbdsh script from stdin against the server at URI.
+nbdsh_script ()
+{
+  local uri="$1"
+  /usr/bin/python3 -m nbd -u "$uri" -c - 
+}
+
+# The sidecar must be clean for QEMU: no corruption, no leaks
+# (qemu-img check exits 0 only then).
+qemu_check ()
+{
+  local out
+  if ! out="$(qemu-img check "$1" 2>&1)"; then
+    echo "$out" >&2
+    fail "qemu-img check $1 reported errors or leaks"
+  fi
+}
+
+# The dirty ranges of bitmap NAME in SIDECAR as QEMU serves them, one
+# "offset length" line per range, adjacent ranges merged.
+dirty_map ()
+{
+  local sidecar="$1" name="$2"
+  nbdinfo --map="qemu:dirty-bitmap:$name" -- \
+    [ qemu-nbd -r -f qcow2 -B "$name" "$sidecar" ] |
+  awk '$4 == "dirty" {
+         if (have && $1 == off + len) { len += $2; next }
+         if (have) printf "%.0f %.0f\n", off, len
+         off = $1; len = $2; have = 1
+       }
+       END { if (have) printf "%.0f %.0f\n", off, len }'
+}
+
+# Compare the dirty map of NAME with the expected lines.
+assert_map ()
+{
+  local sidecar="$1" name="$2" expected="$3" actual
+  actual="$(dirty_map "$sidecar" "$name")"
+  if [ "$actual" != "$expected" ]; then
+    echo "expected dirty ranges of '$name':" >&2
+    echo "$expected" >&2
+    echo "actual (qemu-nbd -B $name + nbdinfo --map):" >&2
+    echo "$actual" >&2
+    fail "dirty map of '$name' differs"
+  fi
+}
+
+# Expected dirty ranges for request ranges read from stdin ("offset
+# length" per line), at granularity G on a disk of SIZE bytes.  QEMU
+# sees the sidecar's disk in whole 512-byte sectors, so the map ends at
+# SIZE rounded up to 512.
+expected_map ()
+{
+  awk -v g="$1" -v size="$(( ($2 + 511) / 512 * 512 ))" '
+    # Keys are formatted by hand: mawk writes large subscripts in
+    # exponent notation, which loses digits.
+    { first = int($1 / g); last = int(($1 + $2 - 1) / g)
+      for (i = first; i <= last; i++) dirty[sprintf("%.0f", i)] = 1 }
+    END {
+      n = 0
+      for (i in dirty) keys[n++] = i + 0
+      # insertion sort is enough for the few ranges tests use
+      for (a = 1; a < n; a++) { k = keys[a]; b = a - 1
+        while (b >= 0 && keys[b] > k) { keys[b+1] = keys[b]; b-- }
+        keys[b+1] = k }
+      for (a = 0; a < n; a++) {
+        start = keys[a]; stop = start
+        while (a + 1 < n && keys[a+1] == stop + 1) { a++; stop++ }
+        off = start * g; end = (stop + 1) * g
+        if (end > size) end = size
+        printf "%.0f %.0f\n", off, end - off
+      }
+    }'
+}
+
+# Flags of bitmap NAME as qemu-img info reports them, comma separated
+# (extra qemu-img options, such as -U, go first).
+bitmap_flags ()
+{
+  local sidecar="${@: -2:1}" name="${@: -1}"
+  set -- "${@:1:$#-2}"
+  qemu-img info "$@" --output=json "$sidecar" |
+  /usr/bin/python3 -c '
+import json, sys
+info = json.load(sys.stdin)
+name = sys.argv[1]
+for b in info.get("format-specific", {}).get("data", {}).get("bitmaps", []):
+    if b["name"] == name:
+        print(",".join(b["flags"]), b["granularity"])
+        sys.exit(0)
+print("absent")' "$name"
+}

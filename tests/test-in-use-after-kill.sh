@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Bitmaps whose nbdkit was killed stay marked in use on disk.  The
+# next run warns about each of them, keeps them in use (QEMU refuses
+# them) and leaves the sidecar consistent, while a new bitmap named in
+# that run records writes as usual.
+source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
+
+sidecar="$tmpdir/sidecar.qcow2"
+sock="$tmpdir/sock"
+pidfile="$tmpdir/pid"
+size=$((16 * 1024 * 1024))
+
+# Run 1, killed: two bitmaps tracked, one write.
+bg=
+cleanup_fn 'if [ -n "$bg" ]; then kill -9 "$bg"; wait "$bg"; fi 2>/dev/null'
+# nbdkit itself in the background (not the nbdkit_filter function,
+# which would put a subshell between $! and nbdkit).
+nbdkit --filter="$FILTER" -f -U "$sock" -P "$pidfile" memory $size \
+  dirtybitmap-file="$sidecar" dirtybitmap=killed1 dirtybitmap=killed2 &
+bg=$!
+for i in $(seq 100); do
+  [ -s "$pidfile" ] && [ -S "$sock" ] && break
+  kill -0 "$bg" 2>/dev/null || fail "nbdkit (run 1) exited"
+  sleep 0.1
+done
+[ -s "$pidfile" ] && [ -S "$sock" ] || fail "nbdkit (run 1) did not start"
+[ "$(cat "$pidfile")" = "$bg" ] || fail "pid file does not hold nbdkit's pid"
+/usr/bin/python3 -m nbd -u "nbd+unix:///?socket=$sock" -c '
+h.pwrite(b"k" * 10, 70000)
+'
+for b in killed1 killed2; do
+  [ "$(bitmap_flags -U "$sidecar" $b)" = "in-use,auto 65536" ] ||
+    fail "$b while run 1 ran: flags '$(bitmap_flags -U "$sidecar" $b)'"
+done
+kill -9 "$bg"
+wait "$bg" 2>/dev/null || :
+bg=
+
+for b in killed1 killed2; do
+  [ "$(bitmap_flags "$sidecar" $b)" = "in-use,auto 65536" ] ||
+    fail "$b after kill -9: flags '$(bitmap_flags "$sidecar" $b)'"
+done
+qemu_check "$sidecar"
+
+# Run 2, clean: names killed1 (not killed2) and a new bitmap.
+nbdkit_filter -U - memory $size \
+  dirtybitmap-file="$sidecar" dirtybitmap=killed1 dirtybitmap=fresh \
+  --run "
+    /usr/bin/python3 -m nbd -u \"\$uri\" -c '
+h.pwrite(b\"f\" * 3, 65536 * 5 - 1)
+h.zero(1, $((size - 1)))
+'
+  " 2> "$tmpdir/run2.err" ||
+  { cat "$tmpdir/run2.err" >&2; fail "run 2 failed"; }
+
+for b in killed1 killed2; do
+  grep -qF "bitmap '$b' is marked in use" "$tmpdir/run2.err" ||
+    { cat "$tmpdir/run2.err" >&2; fail "run 2 did not warn about '$b'"; }
+  grep -qF "qemu-img bitmap --remove $sidecar $b" "$tmpdir/run2.err" ||
+    { cat "$tmpdir/run2.err" >&2; fail "run 2 did not say how to remove '$b'"; }
+done
+
+qemu_check "$sidecar"
+for b in killed1 killed2; do
+  [ "$(bitmap_flags "$sidecar" $b)" = "in-use,auto 65536" ] ||
+    fail "$b after run 2: flags '$(bitmap_flags "$sidecar" $b)'"
+  if nbdinfo --size -- [ qemu-nbd -r -f qcow2 -B $b "$sidecar" ] \
+       > /dev/null 2> "$tmpdir/qemu-nbd.err"; then
+    fail "qemu-nbd -B $b accepted a bitmap that is in use"
+  fi
+  grep -qF "Bitmap '$b' is inconsistent" "$tmpdir/qemu-nbd.err" ||
+    { cat "$tmpdir/qemu-nbd.err" >&2; fail "qemu-nbd -B $b: unexpected error"; }
+done
+[ "$(bitmap_flags "$sidecar" fresh)" = "auto 65536" ] ||
+  fail "fresh after run 2: flags '$(bitmap_flags "$sidecar" fresh)'"
+assert_map "$sidecar" fresh "262144 131072
+$((size - 65536)) 65536"
