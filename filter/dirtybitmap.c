@@ -6,8 +6,11 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <nbdkit-filter.h>
 
@@ -22,14 +25,32 @@ static struct tracker *tracker;
 static void
 dirtybitmap_load (void)
 {
+#ifdef WITH_SANITIZERS
+  /* The tests preload the sanitizer runtimes into nbdkit, which is not
+   * built with them; programs nbdkit starts later (--run commands, the
+   * sh and eval plugins' scripts) must not inherit them.
+   */
+  unsetenv ("LD_PRELOAD");
+#endif
   tracker_config_init (&config);
 }
 
 static void
 dirtybitmap_unload (void)
 {
+  bool failed = tracker && tracker_failed (tracker);
+
   tracker_free (tracker);
   tracker_config_free (&config);
+  /* Unloading is the last thing nbdkit does: make its exit status say
+   * that the bitmaps were not kept as asked.  _exit, because running
+   * other libraries' destructors from inside nbdkit's teardown, with
+   * their threads still alive, can deadlock.
+   */
+  if (failed) {
+    fflush (NULL);
+    _exit (EXIT_FAILURE);
+  }
 }
 
 static int
@@ -103,7 +124,7 @@ dirtybitmap_after_fork (nbdkit_backend *backend)
 static void
 dirtybitmap_cleanup (nbdkit_backend *backend)
 {
-  tracker_stop (tracker);
+  tracker_stop (tracker);     /* failures are kept for the exit status */
 }
 
 struct handle {
@@ -155,7 +176,15 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
     return -1;
   if (tracker_claim_export (tracker, h->exportname) == -1)
     return -1;
-  return tracker_start (tracker, size);
+  if (tracker_start (tracker, size) == -1) {
+    /* Serving writes that no bitmap records would break the promise
+     * the bitmaps make: stop instead.
+     */
+    if (tracker_failed (tracker))
+      nbdkit_shutdown ();
+    return -1;
+  }
+  return 0;
 }
 
 static int

@@ -33,13 +33,6 @@ if [ ! -f "$FILTER" ]; then
   echo "$0: FAIL: $FILTER is not built" >&2
   exit 1
 fi
-# nbdkit is not built with the sanitizers, so a filter built with them
-# (./configure --enable-sanitizers) needs their runtimes preloaded.
-if ldd "$FILTER" | grep -q libasan; then
-  export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
-  export ASAN_OPTIONS="detect_leaks=0:verify_asan_link_order=0"
-  export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
-fi
 if ! /usr/bin/python3 -c 'import nbd' 2>/dev/null; then
   requires python3-libnbd-is-not-installed
 fi
@@ -63,6 +56,25 @@ trap 'exit 1' INT TERM
 
 tmpdir="$(mktemp -d "${TMPDIR:-/tmp}/dirtybitmap-test.XXXXXX")"
 cleanup_fn rm -rf "$tmpdir"
+
+# nbdkit is not built with the sanitizers, so a filter built with them
+# (./configure --enable-sanitizers) needs their runtimes preloaded into
+# nbdkit, and into nothing else (dd and qemu-img do not survive it).
+# An nbdkit wrapper first in PATH does that however nbdkit is started
+# (directly, under timeout or fiu-run); the filter then removes the
+# preload from nbdkit's environment, so what nbdkit starts is clean.
+if ldd "$FILTER" | grep -q libasan; then
+  mkdir "$tmpdir/sanitizer-bin"
+  cat > "$tmpdir/sanitizer-bin/nbdkit" <<WRAPPER
+#!/bin/sh
+export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)\${LD_PRELOAD:+ \$LD_PRELOAD}"
+export ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0:abort_on_error=1
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+exec $(command -v nbdkit) "\$@"
+WRAPPER
+  chmod +x "$tmpdir/sanitizer-bin/nbdkit"
+  export PATH="$tmpdir/sanitizer-bin:$PATH"
+fi
 
 fail ()
 {

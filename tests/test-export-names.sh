@@ -12,6 +12,9 @@
 # plugin in directory mode then crashes (nbdkit 1.32), and a plugin
 # that only knows its default through .default_export cannot open "".
 # So here "open" treats a missing or empty name as the default, "A".
+# The scripts unset LD_PRELOAD: in a sanitizer build the tests preload
+# the sanitizer runtimes into nbdkit, and the eval plugin hands its
+# environment, taken before the filter could clean it, to dd.
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 requires cmp dd stat
 
@@ -68,8 +71,8 @@ nbdkit_filter -U - eval \
   default_export='echo A' \
   list_exports="printf '%s\n' A B" \
   get_size="stat -Lc %s '$dir'/\"\$2\"" \
-  pread="dd if='$dir'/\"\$2\" skip=\$4 count=\$3 iflag=count_bytes,skip_bytes status=none" \
-  pwrite="dd of='$dir'/\"\$2\" seek=\$4 conv=notrunc oflag=seek_bytes status=none" \
+  pread="unset LD_PRELOAD; dd if='$dir'/\"\$2\" skip=\$4 count=\$3 iflag=count_bytes,skip_bytes status=none" \
+  pwrite="unset LD_PRELOAD; dd of='$dir'/\"\$2\" seek=\$4 conv=notrunc oflag=seek_bytes status=none" \
   dirtybitmap-file="$sidecar" dirtybitmap=b \
   --run "timeout 60 /usr/bin/python3 '$tmpdir/clients.py' \"\$unixsocket\"" \
   > "$tmpdir/out" 2> "$tmpdir/err" || {

@@ -187,6 +187,7 @@ sidecar_close (struct sidecar *sc)
     bitmap_free (sc->bitmaps[i]);
   free (sc->bitmaps);
   refcounts_free (&sc->refcounts);
+  free (sc->allocations);
   qcow2_extensions_free (sc->exts, sc->nr_exts);
   free (sc->header_raw);
   free (sc->backing_name);
@@ -772,10 +773,21 @@ write_new_clusters (struct sidecar *sc, const char *what,
                     const void *buf, uint64_t bytes)
 {
   uint64_t n = DIV_ROUND_UP (bytes, sc->cluster_size);
-  uint64_t offset = refcounts_alloc (&sc->refcounts, n);
+  uint64_t offset;
+  struct sidecar_allocation *a;
 
+  a = realloc (sc->allocations, (sc->nr_allocations + 1) * sizeof *a);
+  if (a == NULL) {
+    nbdkit_error ("%s: realloc: %m", sc->path);
+    return 0;
+  }
+  sc->allocations = a;
+  offset = refcounts_alloc (&sc->refcounts, n);
   if (offset == 0)
     return 0;
+  a[sc->nr_allocations].offset = offset;
+  a[sc->nr_allocations].clusters = n;
+  sc->nr_allocations++;
   if (write_fully (sc->fd, sc->path, what, buf, n * sc->cluster_size, offset)
       == -1)
     return 0;
@@ -845,6 +857,22 @@ release_bitmap_clusters (struct sidecar *sc, const struct qcow2_bitmap_entry *e,
                                           sc->cluster_size));
 }
 
+/* A commit failed before its header was written: nothing references
+ * the clusters it allocated, so give them back rather than leave them
+ * leaked.  Best effort, as the failure may be the disk's.
+ */
+static void
+undo_allocations (struct sidecar *sc)
+{
+  size_t i;
+
+  for (i = 0; i < sc->nr_allocations; ++i)
+    refcounts_release (&sc->refcounts, sc->allocations[i].offset,
+                       sc->allocations[i].clusters);
+  sc->nr_allocations = 0;
+  refcounts_write (&sc->refcounts);
+}
+
 enum commit_mode { COMMIT_BEGIN, COMMIT_STORE };
 
 /* Copy-on-write update of the bitmaps, as QEMU stores them.  BEGIN
@@ -863,8 +891,10 @@ commit (struct sidecar *sc, enum commit_mode mode)
   bool old_dir_valid = sc->dir_size > 0;
   uint8_t *dir = NULL;
   size_t i;
+  bool header_written = false;
   int r = -1;
 
+  sc->nr_allocations = 0;
   entries = current_entries (sc);
   new_tables = calloc (sc->nr_bitmaps, sizeof *new_tables);
   if (!entries || !new_tables) {
@@ -906,6 +936,11 @@ commit (struct sidecar *sc, enum commit_mode mode)
   sc->header.autoclear_features =
     (sc->header.autoclear_features & QCOW2_AUTOCLEAR_KNOWN)
     | QCOW2_AUTOCLEAR_BITMAPS;
+  /* Once the header write is issued the commit may have happened:
+   * from here on a failure may leak clusters, never free one that is
+   * still referenced.
+   */
+  header_written = true;
   if (write_header (sc, &ext) == -1 ||
       sync_data (sc->fd, sc->path, "header") == -1)
     goto out;
@@ -937,6 +972,9 @@ commit (struct sidecar *sc, enum commit_mode mode)
   r = 0;
 
  out:
+  if (r == -1 && !header_written)
+    undo_allocations (sc);
+  sc->nr_allocations = 0;
   if (new_tables)
     for (i = 0; i < sc->nr_bitmaps; ++i)
       free (new_tables[i]);
@@ -946,14 +984,69 @@ commit (struct sidecar *sc, enum commit_mode mode)
   return r;
 }
 
+/* Rewrite the directory where it is, with the entries' current flags. */
+static int
+write_directory_in_place (struct sidecar *sc)
+{
+  struct qcow2_bitmap_entry *entries = current_entries (sc);
+  uint8_t *dir;
+  int r;
+
+  if (entries == NULL)
+    return -1;
+  dir = encode_directory (sc, entries, sc->dir_size);
+  free (entries);
+  if (dir == NULL)
+    return -1;
+  r = write_fully (sc->fd, sc->path, "bitmap directory", dir, sc->dir_size,
+                   sc->dir_offset);
+  free (dir);
+  if (r == -1)
+    return -1;
+  return sync_data (sc->fd, sc->path, "bitmap directory");
+}
+
+/* QEMU's way of flagging bitmaps in use: with the autoclear bit clear,
+ * a crash in the middle leaves a file whose bitmaps every reader
+ * ignores, never a torn directory that is trusted.
+ */
+static int
+mark_in_use_in_place (struct sidecar *sc)
+{
+  const uint64_t autoclear = sc->header.autoclear_features;
+  size_t i;
+
+  if (write_autoclear (sc, autoclear & QCOW2_AUTOCLEAR_KNOWN
+                       & ~QCOW2_AUTOCLEAR_BITMAPS) == -1)
+    goto undo;
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    if (sc->bitmaps[i]->tracked)
+      sc->bitmaps[i]->entry.flags |= QCOW2_BITMAP_FLAG_IN_USE;
+  if (write_directory_in_place (sc) == -1 ||
+      write_autoclear (sc, (autoclear & QCOW2_AUTOCLEAR_KNOWN)
+                       | QCOW2_AUTOCLEAR_BITMAPS) == -1)
+    goto undo;
+  return 0;
+
+ undo:
+  /* Put back what was there, so that a failure never costs the user
+   * the bitmaps (an autoclear bit left clear would make every reader
+   * drop them).  Best effort: even when the disk refuses a flush, the
+   * page cache holds the restored bytes.
+   */
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    if (sc->bitmaps[i]->tracked)
+      sc->bitmaps[i]->entry.flags &= ~QCOW2_BITMAP_FLAG_IN_USE;
+  write_directory_in_place (sc);
+  write_autoclear (sc, autoclear);
+  return -1;
+}
+
 int
 sidecar_begin_tracking (struct sidecar *sc)
 {
-  struct qcow2_bitmap_entry *entries;
   bool any = false, in_place;
-  uint8_t *dir;
   size_t i;
-  int r;
 
   in_place = sc->dir_size > 0;
   for (i = 0; i < sc->nr_bitmaps; ++i) {
@@ -969,34 +1062,7 @@ sidecar_begin_tracking (struct sidecar *sc)
     nbdkit_error ("%s: opened read-only, cannot track writes", sc->path);
     return -1;
   }
-  if (!in_place)
-    return commit (sc, COMMIT_BEGIN);
-
-  /* QEMU's way: with the autoclear bit clear, a crash in the middle
-   * leaves a file whose bitmaps every reader ignores, never a torn
-   * directory that is trusted.
-   */
-  if (write_autoclear (sc, sc->header.autoclear_features
-                       & QCOW2_AUTOCLEAR_KNOWN & ~QCOW2_AUTOCLEAR_BITMAPS)
-      == -1)
-    return -1;
-  for (i = 0; i < sc->nr_bitmaps; ++i)
-    if (sc->bitmaps[i]->tracked)
-      sc->bitmaps[i]->entry.flags |= QCOW2_BITMAP_FLAG_IN_USE;
-  entries = current_entries (sc);
-  if (entries == NULL)
-    return -1;
-  dir = encode_directory (sc, entries, sc->dir_size);
-  free (entries);
-  if (dir == NULL)
-    return -1;
-  r = write_fully (sc->fd, sc->path, "bitmap directory", dir, sc->dir_size,
-                   sc->dir_offset);
-  free (dir);
-  if (r == -1 || sync_data (sc->fd, sc->path, "bitmap directory") == -1)
-    return -1;
-  return write_autoclear (sc, sc->header.autoclear_features
-                          | QCOW2_AUTOCLEAR_BITMAPS);
+  return in_place ? mark_in_use_in_place (sc) : commit (sc, COMMIT_BEGIN);
 }
 
 int

@@ -46,6 +46,10 @@ struct sidecar {
   struct sidecar_bitmap **bitmaps;
   size_t nr_bitmaps;
   struct refcounts refcounts;
+  struct sidecar_allocation {   /* clusters allocated by the store */
+    uint64_t offset, clusters;  /* under way, to undo if it fails */
+  } *allocations;
+  size_t nr_allocations;
 };
 
 /* Clusters of the sidecars we create: 64 KiB, as QEMU's default. */

@@ -20,6 +20,7 @@ struct tracker {
   char *exportname;             /* the claimed export, or NULL */
   bool started;                 /* read without the lock once set */
   bool warned_in_use;           /* in-use bitmaps reported already */
+  bool failed;                  /* starting or storing failed */
   uint64_t export_size;
   struct sidecar *sidecar;
   struct sidecar *validated;    /* read-only, holding QEMU's read locks
@@ -367,8 +368,13 @@ tracker_start (struct tracker *t, uint64_t export_size)
 
   if (!__atomic_load_n (&t->started, __ATOMIC_ACQUIRE)) {
     pthread_mutex_lock (&t->lock);
-    if (!t->started)
-      r = start_locked (t, export_size);
+    if (t->failed) {
+      nbdkit_error ("%s: tracking could not start (see the first error)",
+                    t->cfg->sidecar_path);
+      r = -1;
+    }
+    else if (!t->started && (r = start_locked (t, export_size)) == -1)
+      t->failed = true;
     pthread_mutex_unlock (&t->lock);
     if (r == -1)
       return -1;
@@ -396,6 +402,12 @@ tracker_mark (struct tracker *t, uint64_t offset, uint64_t count)
     ? -1 : 0;
 }
 
+bool
+tracker_failed (const struct tracker *t)
+{
+  return t->failed;
+}
+
 int
 tracker_stop (struct tracker *t)
 {
@@ -416,6 +428,15 @@ tracker_stop (struct tracker *t)
   r = sidecar_store (sc);
   if (r == 0)
     nbdkit_debug ("dirtybitmap: stored the bitmaps in %s", sc->path);
+  else {
+    t->failed = true;
+    nbdkit_error ("%s: the bitmaps could not be stored, so they stay "
+                  "marked in use and no tool will trust them; the writes "
+                  "made since nbdkit started are recorded nowhere else: "
+                  "take a full backup, then remove the bitmaps with "
+                  "'qemu-img bitmap --remove' and reclaim the space with "
+                  "'qemu-img check -r leaks'", sc->path);
+  }
   sidecar_close (sc);
   t->sidecar = NULL;
   t->started = false;

@@ -52,7 +52,7 @@ extern int tracker_claim_export (struct tracker *t, const char *exportname);
 /* Begin tracking, once, before the first write is let through: create
  * the sidecar if needed, load it, add missing bitmaps and flag the
  * tracked ones IN_USE on disk.  Later calls only check EXPORT_SIZE.
- * Thread-safe.
+ * Thread-safe.  Once it has failed it keeps failing.
  */
 extern int tracker_start (struct tracker *t, uint64_t export_size);
 
@@ -66,5 +66,10 @@ extern int tracker_mark (struct tracker *t, uint64_t offset, uint64_t count);
  * clearing IN_USE.  Called once, after the last request.
  */
 extern int tracker_stop (struct tracker *t);
+
+/* Whether starting or storing failed: the bitmaps could not be kept
+ * as the user asked, which nbdkit's exit status must say.
+ */
+extern bool tracker_failed (const struct tracker *t);
 
 #endif /* DIRTYBITMAP_TRACKER_H */

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# When the sidecar cannot be flushed (fdatasync fails with EIO, injected
+# with libfiu): a store at shutdown fails loudly, nbdkit exits 1, and
+# the bitmap stays in use (never a stale bitmap that looks consistent),
+# with no cluster leaked; flagging a bitmap in use at the first writer
+# fails the same way, refuses that client, stops nbdkit with status 1
+# and leaves the sidecar byte-identical.
+source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
+requires fiu-run fiu-ctrl timeout
+
+sidecar="$tmpdir/sidecar.qcow2"
+qemu-img create -q -f qcow2 "$sidecar" 64M
+qemu-img bitmap --add "$sidecar" b0
+cp "$sidecar" "$tmpdir/orig"
+fail_fdatasync='enable name=posix/io/sync/fdatasync,failinfo=5'   # EIO
+
+# Start nbdkit under fiu-run in the background; sets $nbdkit_pid.
+start_nbdkit ()
+{
+  local sock="$1"; shift
+  fiu-run -x "$@" nbdkit -f -U "$sock" -P "$sock.pid" --filter="$FILTER" \
+    memory 64M dirtybitmap-file="$sidecar" 2> "$sock.err" &
+  nbdkit_pid=$!
+  cleanup_fn "kill $nbdkit_pid 2>/dev/null"
+  for (( i = 0; i < 100; i++ )); do
+    [ -S "$sock" ] && [ -s "$sock.pid" ] && return 0
+    sleep 0.1
+  done
+  cat "$sock.err" >&2
+  fail "nbdkit on $sock did not start"
+}
+# Wait for nbdkit to exit; sets $status (not in a subshell: only this
+# shell can wait for its child).
+wait_nbdkit ()
+{
+  status=0
+  timeout 20 tail --pid="$nbdkit_pid" -f /dev/null || fail "nbdkit did not exit"
+  wait "$nbdkit_pid" || status=$?
+}
+
+# 1. The store at shutdown cannot be flushed.
+start_nbdkit "$tmpdir/s1"
+/usr/bin/python3 -m nbd -u "nbd+unix:///?socket=$tmpdir/s1" \
+  -c 'h.pwrite(b"x" * 512, 65536)'
+[ "$(bitmap_flags -U "$sidecar" b0)" = "in-use,auto 65536" ] ||
+  fail "b0 is not in use while tracking"
+fiu-ctrl -c "$fail_fdatasync" "$(cat "$tmpdir/s1.pid")"
+kill "$nbdkit_pid"
+wait_nbdkit
+[ "$status" -eq 1 ] || fail "nbdkit exited $status after a failed store"
+grep -q "flushing bitmaps to stable storage: Input/output error" \
+  "$tmpdir/s1.err" || fail "no error for the failed flush"
+grep -q "the bitmaps could not be stored, so they stay marked in use" \
+  "$tmpdir/s1.err" || fail "no remedy for the failed store"
+[ "$(bitmap_flags "$sidecar" b0)" = "in-use,auto 65536" ] ||
+  fail "after a failed store b0 is '$(bitmap_flags "$sidecar" b0)'"
+qemu_check "$sidecar"
+
+# 2. IN_USE cannot be flagged when the first writer connects.
+cp "$tmpdir/orig" "$sidecar"
+start_nbdkit "$tmpdir/s2" -c "$fail_fdatasync"
+if /usr/bin/python3 -m nbd -u "nbd+unix:///?socket=$tmpdir/s2" \
+     -c 'h.pwrite(b"x" * 512, 65536)' 2>/dev/null; then
+  fail "a write was served although no bitmap could record it"
+fi
+wait_nbdkit
+[ "$status" -eq 1 ] || fail "nbdkit exited $status after failing to start"
+grep -q "flushing header to stable storage: Input/output error" \
+  "$tmpdir/s2.err" || fail "no error for the failed flush"
+cmp "$sidecar" "$tmpdir/orig" || fail "the sidecar changed"
+[ "$(bitmap_flags "$sidecar" b0)" = "auto 65536" ] ||
+  fail "b0 is '$(bitmap_flags "$sidecar" b0)'"
+qemu_check "$sidecar"
