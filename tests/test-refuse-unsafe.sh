@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Sidecars the filter must not write are refused with the remedy and
+# left byte-identical: an encrypted one at start-up; one whose dirty
+# bit says lazy refcounts were not written back when the first writer
+# connects (nbdkit then stops with status 1), though nbdkit -r may
+# still serve beside it.
+source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
+requires timeout cmp
+edit="/usr/bin/python3 $abs_top_srcdir/tests/header-edit.py"
+
+# Encrypted (LUKS, crypt_method 2): refused at start-up.  The field is
+# set by hand: creating a real LUKS image times its key derivation,
+# which fails on a loaded machine.
+enc="$tmpdir/enc.qcow2"
+qemu-img create -q -f qcow2 "$enc" 64M
+$edit "$enc" set crypt_method 2
+cp "$enc" "$tmpdir/enc.orig"
+status=0
+timeout 20 nbdkit -f -U "$tmpdir/s1" --filter="$FILTER" memory 64M \
+  dirtybitmap-file="$enc" dirtybitmap=b0 2> "$tmpdir/err1" || status=$?
+[ $status -eq 1 ] || fail "encrypted sidecar: exit status $status"
+grep -qF "$enc: qcow2 header: crypt_method 2: encrypted sidecars are not supported" \
+  "$tmpdir/err1" || fail "unexpected error: $(cat "$tmpdir/err1")"
+cmp "$enc" "$tmpdir/enc.orig" || fail "the encrypted sidecar changed"
+
+# Dirty bit: lazy refcounts left unflushed by a crashed QEMU.
+dirty="$tmpdir/dirty.qcow2"
+qemu-img create -q -f qcow2 -o lazy_refcounts=on "$dirty" 64M
+qemu-img bitmap --add "$dirty" b0
+$edit "$dirty" set incompatible_features 1
+cp "$dirty" "$tmpdir/dirty.orig"
+
+# Read-only serving does not write, so it is allowed.
+nbdkit_filter -r -U - memory 64M dirtybitmap-file="$dirty" \
+  --run '/usr/bin/python3 -m nbd -u "$uri" -c "h.pread(512, 0)"' ||
+  fail "nbdkit -r refused a sidecar it does not write"
+
+# The first writer is refused and nbdkit stops with status 1.
+nbdkit -f -U "$tmpdir/s2" -P "$tmpdir/s2.pid" --filter="$FILTER" \
+  memory 64M dirtybitmap-file="$dirty" 2> "$tmpdir/err2" &
+pid=$!
+cleanup_fn "kill $pid 2>/dev/null"
+for (( i = 0; i < 100; i++ )); do
+  [ -S "$tmpdir/s2" ] && [ -s "$tmpdir/s2.pid" ] && break
+  sleep 0.1
+done
+/usr/bin/python3 -m nbd -u "nbd+unix:///?socket=$tmpdir/s2" \
+  -c 'h.pwrite(b"x" * 512, 0)' 2>/dev/null &&
+  fail "a write was served on a sidecar with the dirty bit"
+status=0
+timeout 20 tail --pid=$pid -f /dev/null || fail "nbdkit did not stop"
+wait $pid || status=$?
+[ $status -eq 1 ] || fail "dirty sidecar: nbdkit exited $status"
+grep -qF "$dirty: qcow2 header: the dirty bit is set (lazy refcounts were not written back); repair the sidecar with 'qemu-img check -r all $dirty'" \
+  "$tmpdir/err2" || fail "unexpected error: $(cat "$tmpdir/err2")"
+cmp "$dirty" "$tmpdir/dirty.orig" || fail "the dirty sidecar changed"
+
+# The remedy works.
+qemu-img check -q -r all "$dirty"
+nbdkit_filter -U - memory 64M dirtybitmap-file="$dirty" \
+  --run '/usr/bin/python3 -m nbd -u "$uri" -c "h.pwrite(b\"x\" * 512, 0)"'
+qemu_check "$dirty"
+assert_map "$dirty" b0 "0 65536"
