@@ -181,3 +181,37 @@ for b in info.get("format-specific", {}).get("data", {}).get("bitmaps", []):
         sys.exit(0)
 print("absent")' "$name"
 }
+
+# Start nbdkit with the filter in the background, serving on Unix
+# socket SOCK (pid file SOCK.pid, stderr in SOCK.err), and wait until
+# it serves; the rest of the arguments are nbdkit's.  Sets $nbdkit_pid
+# (nbdkit's own pid: no subshell in between).  To run nbdkit under
+# another program, put that command in the array nbdkit_under, e.g.
+# nbdkit_under=(fiu-run -x).
+start_nbdkit_background ()
+{
+  local sock="$1" i
+  shift
+  ${nbdkit_under[@]+"${nbdkit_under[@]}"} \
+    nbdkit -f -U "$sock" -P "$sock.pid" --filter="$FILTER" "$@" \
+    2> "$sock.err" &
+  nbdkit_pid=$!
+  cleanup_fn "kill -9 $nbdkit_pid 2>/dev/null"
+  for (( i = 0; i < 100; i++ )); do
+    [ -S "$sock" ] && [ -s "$sock.pid" ] && return 0
+    kill -0 "$nbdkit_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  cat "$sock.err" >&2
+  fail "nbdkit on $sock did not start"
+}
+
+# Wait, 20 s at most, for that nbdkit to exit; sets $status to its exit
+# status (not in a subshell: only this shell can wait for its child).
+wait_nbdkit_exit ()
+{
+  status=0
+  timeout 20 tail --pid="$nbdkit_pid" -f /dev/null ||
+    fail "nbdkit (pid $nbdkit_pid) did not exit"
+  wait "$nbdkit_pid" || status=$?
+}

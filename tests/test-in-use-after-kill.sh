@@ -7,24 +7,13 @@ source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 
 sidecar="$tmpdir/sidecar.qcow2"
 sock="$tmpdir/sock"
-pidfile="$tmpdir/pid"
 size=$((16 * 1024 * 1024))
 
 # Run 1, killed: two bitmaps tracked, one write.
-bg=
-cleanup_fn 'if [ -n "$bg" ]; then kill -9 "$bg"; wait "$bg"; fi 2>/dev/null'
-# nbdkit itself in the background (not the nbdkit_filter function,
-# which would put a subshell between $! and nbdkit).
-nbdkit --filter="$FILTER" -f -U "$sock" -P "$pidfile" memory $size \
-  dirtybitmap-file="$sidecar" dirtybitmap=killed1 dirtybitmap=killed2 &
-bg=$!
-for i in $(seq 100); do
-  [ -s "$pidfile" ] && [ -S "$sock" ] && break
-  kill -0 "$bg" 2>/dev/null || fail "nbdkit (run 1) exited"
-  sleep 0.1
-done
-[ -s "$pidfile" ] && [ -S "$sock" ] || fail "nbdkit (run 1) did not start"
-[ "$(cat "$pidfile")" = "$bg" ] || fail "pid file does not hold nbdkit's pid"
+start_nbdkit_background "$sock" memory $size \
+  dirtybitmap-file="$sidecar" dirtybitmap=killed1 dirtybitmap=killed2
+[ "$(cat "$sock.pid")" = "$nbdkit_pid" ] ||
+  fail "pid file does not hold nbdkit's pid"
 /usr/bin/python3 -m nbd -u "nbd+unix:///?socket=$sock" -c '
 h.pwrite(b"k" * 10, 70000)
 '
@@ -32,9 +21,9 @@ for b in killed1 killed2; do
   [ "$(bitmap_flags -U "$sidecar" $b)" = "in-use,auto 65536" ] ||
     fail "$b while run 1 ran: flags '$(bitmap_flags -U "$sidecar" $b)'"
 done
-kill -9 "$bg"
-wait "$bg" 2>/dev/null || :
-bg=
+kill -9 "$nbdkit_pid"
+wait_nbdkit_exit
+[ "$status" -eq 137 ] || fail "nbdkit was not killed by SIGKILL (status $status)"
 
 for b in killed1 killed2; do
   [ "$(bitmap_flags "$sidecar" $b)" = "in-use,auto 65536" ] ||

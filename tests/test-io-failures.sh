@@ -14,39 +14,16 @@ qemu-img bitmap --add "$sidecar" b0
 cp "$sidecar" "$tmpdir/orig"
 fail_fdatasync='enable name=posix/io/sync/fdatasync,failinfo=5'   # EIO
 
-# Start nbdkit under fiu-run in the background; sets $nbdkit_pid.
-start_nbdkit ()
-{
-  local sock="$1"; shift
-  fiu-run -x "$@" nbdkit -f -U "$sock" -P "$sock.pid" --filter="$FILTER" \
-    memory 64M dirtybitmap-file="$sidecar" 2> "$sock.err" &
-  nbdkit_pid=$!
-  cleanup_fn "kill $nbdkit_pid 2>/dev/null"
-  for (( i = 0; i < 100; i++ )); do
-    [ -S "$sock" ] && [ -s "$sock.pid" ] && return 0
-    sleep 0.1
-  done
-  cat "$sock.err" >&2
-  fail "nbdkit on $sock did not start"
-}
-# Wait for nbdkit to exit; sets $status (not in a subshell: only this
-# shell can wait for its child).
-wait_nbdkit ()
-{
-  status=0
-  timeout 20 tail --pid="$nbdkit_pid" -f /dev/null || fail "nbdkit did not exit"
-  wait "$nbdkit_pid" || status=$?
-}
-
 # 1. The store at shutdown cannot be flushed.
-start_nbdkit "$tmpdir/s1"
+nbdkit_under=(fiu-run -x)
+start_nbdkit_background "$tmpdir/s1" memory 64M dirtybitmap-file="$sidecar"
 /usr/bin/python3 -m nbd -u "nbd+unix:///?socket=$tmpdir/s1" \
   -c 'h.pwrite(b"x" * 512, 65536)'
 [ "$(bitmap_flags -U "$sidecar" b0)" = "in-use,auto 65536" ] ||
   fail "b0 is not in use while tracking"
 fiu-ctrl -c "$fail_fdatasync" "$(cat "$tmpdir/s1.pid")"
 kill "$nbdkit_pid"
-wait_nbdkit
+wait_nbdkit_exit
 [ "$status" -eq 1 ] || fail "nbdkit exited $status after a failed store"
 grep -q "flushing bitmaps to stable storage: Input/output error" \
   "$tmpdir/s1.err" || fail "no error for the failed flush"
@@ -58,12 +35,13 @@ qemu_check "$sidecar"
 
 # 2. IN_USE cannot be flagged when the first writer connects.
 cp "$tmpdir/orig" "$sidecar"
-start_nbdkit "$tmpdir/s2" -c "$fail_fdatasync"
+nbdkit_under=(fiu-run -x -c "$fail_fdatasync")
+start_nbdkit_background "$tmpdir/s2" memory 64M dirtybitmap-file="$sidecar"
 if /usr/bin/python3 -m nbd -u "nbd+unix:///?socket=$tmpdir/s2" \
      -c 'h.pwrite(b"x" * 512, 65536)' 2>/dev/null; then
   fail "a write was served although no bitmap could record it"
 fi
-wait_nbdkit
+wait_nbdkit_exit
 [ "$status" -eq 1 ] || fail "nbdkit exited $status after failing to start"
 grep -q "flushing header to stable storage: Input/output error" \
   "$tmpdir/s2.err" || fail "no error for the failed flush"

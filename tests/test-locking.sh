@@ -11,35 +11,19 @@ sidecar="$tmpdir/sidecar.qcow2"
 qemu-img create -q -f qcow2 "$sidecar" 64M
 qemu-img bitmap --add "$sidecar" b0
 
-# Start nbdkit in the background and wait for its socket.
-start_nbdkit ()
+start ()
 {
-  local sock="$1"; shift
-  nbdkit -f -U "$sock" -P "$sock.pid" --filter="$FILTER" memory 64M \
-    dirtybitmap-file="$sidecar" "$@" 2> "$sock.err" &
-  local i
-  for (( i = 0; i < 100; i++ )); do
-    [ -S "$sock" ] && [ -s "$sock.pid" ] && return 0
-    sleep 0.1
-  done
-  cat "$sock.err" >&2
-  fail "nbdkit on $sock did not start"
+  start_nbdkit_background "$1" memory 64M dirtybitmap-file="$sidecar" "${@:2}"
 }
-stop_nbdkit ()
+stop ()
 {
-  local sock="$1" pid
-  pid="$(cat "$sock.pid")"
-  kill "$pid"
-  for (( i = 0; i < 100; i++ )); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.1
-  done
-  fail "nbdkit on $sock did not stop"
+  kill "$nbdkit_pid"
+  wait_nbdkit_exit
+  [ "$status" -eq 0 ] || fail "nbdkit exited with status $status"
 }
 
 # 1. From start-up, before any client: QEMU may read with -U only.
-start_nbdkit "$tmpdir/s1"
-cleanup_fn 'kill $(cat "$tmpdir/s1.pid") 2>/dev/null'
+start "$tmpdir/s1"
 if qemu-img bitmap --add "$sidecar" intruder 2> "$tmpdir/qemu.err"; then
   fail "qemu-img bitmap could write the sidecar nbdkit holds"
 fi
@@ -63,7 +47,7 @@ fi
 grep -q "the sidecar is in use by another program" "$tmpdir/second.err" ||
   fail "second nbdkit: unexpected error: $(cat "$tmpdir/second.err")"
 
-stop_nbdkit "$tmpdir/s1"
+stop
 qemu_check "$sidecar"
 assert_map "$sidecar" b0 "65536 65536"
 
@@ -96,11 +80,11 @@ for (( i = 0; i < 100; i++ )); do
 done
 
 # 4. nbdkit -r takes only the read-side locks.
-start_nbdkit "$tmpdir/s4" -r
+start "$tmpdir/s4" -r
 qemu-img info "$sidecar" >/dev/null || fail "qemu-img info refused under -r"
 qemu-img bitmap --add "$sidecar" intruder 2>/dev/null &&
   fail "qemu-img could write the sidecar while nbdkit -r reads it"
-stop_nbdkit "$tmpdir/s4"
+stop
 qemu_check "$sidecar"
 [ "$(bitmap_flags "$sidecar" intruder)" = absent ] ||
   fail "a refused qemu-img left a bitmap behind"

@@ -36,23 +36,14 @@ nbdkit_filter -r -U - memory 64M dirtybitmap-file="$dirty" \
   fail "nbdkit -r refused a sidecar it does not write"
 
 # The first writer is refused and nbdkit stops with status 1.
-nbdkit -f -U "$tmpdir/s2" -P "$tmpdir/s2.pid" --filter="$FILTER" \
-  memory 64M dirtybitmap-file="$dirty" 2> "$tmpdir/err2" &
-pid=$!
-cleanup_fn "kill $pid 2>/dev/null"
-for (( i = 0; i < 100; i++ )); do
-  [ -S "$tmpdir/s2" ] && [ -s "$tmpdir/s2.pid" ] && break
-  sleep 0.1
-done
+start_nbdkit_background "$tmpdir/s2" memory 64M dirtybitmap-file="$dirty"
 /usr/bin/python3 -m nbd -u "nbd+unix:///?socket=$tmpdir/s2" \
   -c 'h.pwrite(b"x" * 512, 0)' 2>/dev/null &&
   fail "a write was served on a sidecar with the dirty bit"
-status=0
-timeout 20 tail --pid=$pid -f /dev/null || fail "nbdkit did not stop"
-wait $pid || status=$?
+wait_nbdkit_exit
 [ $status -eq 1 ] || fail "dirty sidecar: nbdkit exited $status"
 grep -qF "$dirty: qcow2 header: the dirty bit is set (lazy refcounts were not written back); repair the sidecar with 'qemu-img check -r all $dirty'" \
-  "$tmpdir/err2" || fail "unexpected error: $(cat "$tmpdir/err2")"
+  "$tmpdir/s2.err" || fail "unexpected error: $(cat "$tmpdir/s2.err")"
 cmp "$dirty" "$tmpdir/dirty.orig" || fail "the dirty sidecar changed"
 
 # The remedy works.
