@@ -65,3 +65,16 @@ done
 [ ! -e "$tmpdir/missing.qcow2" ] || fail "a refused start-up made a sidecar"
 cmp "$sidecar" "$tmpdir/sidecar.orig" ||
   fail "a refused start-up changed the sidecar"
+
+# Beyond 2 PiB a new sidecar with 64 KiB clusters cannot map the disk
+# (QEMU's largest L1 table): refused at start-up, with the remedy.
+status=0
+timeout 20 nbdkit -f -U "$tmpdir/sock-4p" --filter="$FILTER" memory 4P \
+  dirtybitmap-file="$tmpdir/missing.qcow2" dirtybitmap=h \
+  dirtybitmap-granularity=1M 2> "$tmpdir/err" || status=$?
+[ $status -eq 1 ] || fail "4P export: exit status $status, expected 1"
+grep -qF "cannot describe a disk of $((4 * P)) bytes (at most 2 PiB)" \
+  "$tmpdir/err" || fail "4P export: unexpected error: $(cat "$tmpdir/err")"
+grep -qF "qemu-img create -f qcow2 -o cluster_size=2M" "$tmpdir/err" ||
+  fail "4P export: the error gives no remedy"
+[ ! -e "$tmpdir/missing.qcow2" ] || fail "a refused 4P start-up made a sidecar"

@@ -45,6 +45,22 @@ sync_directory_of (const char *path)
 }
 
 int
+sidecar_check_creatable (const char *path, uint64_t virtual_size)
+{
+  const uint64_t cs = UINT64_C(1) << SIDECAR_NEW_CLUSTER_BITS;
+
+  /* QEMU's largest L1 table, each entry mapping an L2 table. */
+  if (virtual_size > (QCOW2_MAX_L1_BYTES / 8) * (cs * (cs / 8))) {
+    nbdkit_error ("%s: a qcow2 sidecar with 64 KiB clusters cannot describe "
+                  "a disk of %" PRIu64 " bytes (at most 2 PiB); create one "
+                  "with larger clusters: 'qemu-img create -f qcow2 -o "
+                  "cluster_size=2M %s SIZE'", path, virtual_size, path);
+    return -1;
+  }
+  return 0;
+}
+
+int
 sidecar_create (const char *path, uint64_t virtual_size)
 {
   const uint64_t cs = UINT64_C(1) << SIDECAR_NEW_CLUSTER_BITS;
@@ -65,11 +81,8 @@ sidecar_create (const char *path, uint64_t virtual_size)
   char *tmp = NULL;
   int fd = -1;
 
-  if (virtual_size > (QCOW2_MAX_L1_BYTES / 8) * l2_coverage) {
-    nbdkit_error ("%s: a qcow2 sidecar with 64 KiB clusters cannot describe "
-                  "a disk of %" PRIu64 " bytes", path, virtual_size);
+  if (sidecar_check_creatable (path, virtual_size) == -1)
     return -1;
-  }
   h.l1_size = DIV_ROUND_UP (virtual_size, l2_coverage);
   l1_clusters = DIV_ROUND_UP ((uint64_t) h.l1_size * 8, cs);
   if (l1_clusters == 0)

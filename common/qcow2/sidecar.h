@@ -55,6 +55,9 @@ struct sidecar {
 /* Clusters of the sidecars we create: 64 KiB, as QEMU's default. */
 #define SIDECAR_NEW_CLUSTER_BITS 16
 
+/* Whether sidecar_create can make a sidecar for a disk that large. */
+extern int sidecar_check_creatable (const char *path, uint64_t virtual_size);
+
 /* Create an empty qcow2 sidecar (version 3, 64 KiB clusters, 16-bit
  * refcounts) of VIRTUAL_SIZE bytes at PATH, which must not exist.  The
  * file appears complete or not at all.

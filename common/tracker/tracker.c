@@ -265,6 +265,9 @@ tracker_validate (struct tracker *t, uint64_t export_size)
                     path);
       return -1;
     }
+    if (sidecar_check_creatable (path, qcow2_virtual_size_for (export_size))
+        == -1)
+      return -1;
     for (i = 0; i < t->cfg->nr_names; ++i)
       if (qcow2_bitmap_size_check (path, t->cfg->names[i],
                                    qcow2_virtual_size_for (export_size),
