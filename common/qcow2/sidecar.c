@@ -88,25 +88,24 @@ sidecar_create (const char *path, uint64_t virtual_size)
   if (l1_clusters == 0)
     l1_clusters = 1;
 
-  if (asprintf (&tmp, "%s.newXXXXXX", path) == -1) {
-    tmp = NULL;
-    nbdkit_error ("asprintf: %m");
-    goto err;
-  }
-  fd = mkostemp (tmp, O_CLOEXEC);
-  if (fd == -1) {
-    nbdkit_error ("%s: creating a temporary file to build the sidecar: %m",
-                  tmp);
+  /* A private name beside PATH, made with O_EXCL and the usual 0666
+   * less the umask (mkstemp would make it 0600, and changing the umask
+   * is not safe in a threaded server).
+   */
+  for (i = 0; fd == -1; ++i) {
     free (tmp);
-    tmp = NULL;
-    goto err;
-  }
-  /* mkostemp makes the file 0600; a sidecar gets the usual mode. */
-  {
-    mode_t mask = umask (0);
-    umask (mask);
-    if (fchmod (fd, 0666 & ~mask) == -1) {
-      nbdkit_error ("%s: fchmod: %m", tmp);
+    if (asprintf (&tmp, "%s.new%ld.%" PRIu64, path, (long) getpid (),
+                  ((uint64_t) random () << 16) ^ i) == -1) {
+      tmp = NULL;
+      nbdkit_error ("asprintf: %m");
+      goto err;
+    }
+    fd = open (tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd == -1 && (errno != EEXIST || i >= 100)) {
+      nbdkit_error ("%s: creating a temporary file to build the sidecar: %m",
+                    tmp);
+      free (tmp);
+      tmp = NULL;
       goto err;
     }
   }
