@@ -468,7 +468,8 @@ def main():
             refcount0_msg("the header", 0),
             setter(put64, L.rt_offset, 0))
     variant("overlap-refblock-twice",
-            overlap_msg("a refcount block", L.refblock),
+            "refcount table entry 1 points to the refcount block at 0x%x "
+            "that another entry uses too" % L.refblock,
             setter(put64, L.rt_offset + 8, L.refblock))
     variant("overlap-l1-reftable",
             overlap_msg("the L1 table", L.rt_offset),

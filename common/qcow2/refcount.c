@@ -8,6 +8,7 @@
 
 #include "byte-order.h"
 #include "checked-io.h"
+#include "dirtymap.h"
 #include "refcount.h"
 
 int
@@ -17,6 +18,7 @@ refcounts_load (struct refcounts *rc, const char *path, int fd,
   uint64_t cluster_size = UINT64_C(1) << h->cluster_bits;
   uint64_t table_bytes = (uint64_t) h->refcount_table_clusters << h->cluster_bits;
   uint8_t *raw = NULL;
+  struct dirtymap *seen = NULL;
   uint64_t i;
 
   memset (rc, 0, sizeof *rc);
@@ -43,11 +45,29 @@ refcounts_load (struct refcounts *rc, const char *path, int fd,
                   rc->table_offset) == -1)
     goto err;
 
+  /* Check every entry, and that no two share a block, before reading
+   * any block: aliased entries would make us allocate a cluster of
+   * memory per entry for one cluster of the file.
+   */
+  seen = dirtymap_new ((file_size >> h->cluster_bits) + 1);
+  if (seen == NULL)
+    goto err;
   for (i = 0; i < rc->table_entries; ++i) {
     if (qcow2_reftable_entry_decode (path, i, load_be64 (&raw[i * 8]),
                                      h->cluster_bits, file_size,
                                      &rc->table[i]) == -1)
       goto err;
+    if (rc->table[i] == 0)
+      continue;
+    if (dirtymap_set_range (seen, rc->table[i] >> h->cluster_bits, 1) != 1) {
+      nbdkit_error ("%s: refcount table entry %" PRIu64 " points to the "
+                    "refcount block at 0x%" PRIx64 " that another entry "
+                    "uses too; the sidecar is corrupt", path, i,
+                    rc->table[i]);
+      goto err;
+    }
+  }
+  for (i = 0; i < rc->table_entries; ++i) {
     if (rc->table[i] == 0)
       continue;
     rc->blocks[i] = malloc (cluster_size);
@@ -61,10 +81,12 @@ refcounts_load (struct refcounts *rc, const char *path, int fd,
       goto err;
   }
   free (raw);
+  dirtymap_free (seen);
   return 0;
 
  err:
   free (raw);
+  dirtymap_free (seen);
   refcounts_free (rc);
   return -1;
 }

@@ -184,6 +184,7 @@ bitmap_free (struct sidecar_bitmap *bm)
   if (bm == NULL)
     return;
   free (bm->table);
+  free (bm->all_ones);
   dirtymap_free (bm->data);
   free (bm);
 }
@@ -294,15 +295,20 @@ load_header (struct sidecar *sc)
   return r;
 }
 
+/* Read and check a consistent bitmap's table.  Its data is read only
+ * once every cluster is known to belong to one structure (see
+ * check_clusters), so that no input can make us read, or allocate
+ * for, the same cluster many times.
+ */
 static int
-load_bitmap_data (struct sidecar *sc, struct sidecar_bitmap *bm)
+load_bitmap_table (struct sidecar *sc, struct sidecar_bitmap *bm)
 {
   const struct qcow2_bitmap_entry *e = &bm->entry;
   uint64_t expected = qcow2_bitmap_table_size (sc->header.size,
                                                e->granularity_bits,
                                                sc->header.cluster_bits);
   uint64_t i;
-  uint8_t *raw = NULL, *cluster = NULL;
+  uint8_t *raw;
   int r = -1;
 
   if (e->table_size != expected) {
@@ -317,27 +323,59 @@ load_bitmap_data (struct sidecar *sc, struct sidecar_bitmap *bm)
    */
   raw = malloc ((size_t) e->table_size * 8);
   bm->table = calloc (e->table_size, sizeof bm->table[0]);
-  cluster = malloc (sc->cluster_size);
-  bm->data = dirtymap_new (sidecar_bitmap_granules (sc, bm));
-  if (!raw || !bm->table || !cluster || !bm->data) {
+  bm->all_ones = calloc (e->table_size, sizeof bm->all_ones[0]);
+  if (!raw || !bm->table || !bm->all_ones) {
     nbdkit_error ("%s: bitmap '%s': allocating: %m", sc->path, e->name);
     goto out;
   }
   if (read_fully (sc->fd, sc->path, "bitmap table", raw,
                   (size_t) e->table_size * 8, e->table_offset) == -1)
     goto out;
-
-  for (i = 0; i < e->table_size; ++i) {
-    uint64_t first_bit = i * sc->cluster_size * 8;
-    bool all_ones;
-
+  for (i = 0; i < e->table_size; ++i)
     if (qcow2_bitmap_table_entry_decode (sc->path, e->name, i,
                                          load_be64 (&raw[i * 8]),
                                          sc->header.cluster_bits,
                                          sc->file_size, &bm->table[i],
-                                         &all_ones) == -1)
+                                         &bm->all_ones[i]) == -1)
       goto out;
-    if (all_ones) {
+  r = 0;
+
+ out:
+  free (raw);
+  return r;
+}
+
+/* Read a bitmap's data, its table loaded and its clusters checked.
+ * *ALL_ONES_BUDGET is what all-ones table entries may still expand to:
+ * they take no room in the file, so without a bound a small file could
+ * make us allocate far more memory than it holds.
+ */
+static int
+load_bitmap_bits (struct sidecar *sc, struct sidecar_bitmap *bm,
+                  uint64_t *all_ones_budget)
+{
+  const struct qcow2_bitmap_entry *e = &bm->entry;
+  uint8_t *cluster = malloc (sc->cluster_size);
+  uint64_t i;
+  int r = -1;
+
+  bm->data = dirtymap_new (sidecar_bitmap_granules (sc, bm));
+  if (!cluster || !bm->data) {
+    nbdkit_error ("%s: bitmap '%s': allocating: %m", sc->path, e->name);
+    goto out;
+  }
+  for (i = 0; i < e->table_size; ++i) {
+    uint64_t first_bit = i * sc->cluster_size * 8;
+
+    if (bm->all_ones[i]) {
+      if (*all_ones_budget < sc->cluster_size) {
+        nbdkit_error ("%s: bitmap '%s': more all-ones table entries than "
+                      "the file's size can justify (QEMU never writes "
+                      "them); the sidecar is not one QEMU made",
+                      sc->path, e->name);
+        goto out;
+      }
+      *all_ones_budget -= sc->cluster_size;
       if (dirtymap_set_range (bm->data, first_bit, sc->cluster_size * 8)
           == -1)
         goto out;
@@ -358,7 +396,6 @@ load_bitmap_data (struct sidecar *sc, struct sidecar_bitmap *bm)
   r = 0;
 
  out:
-  free (raw);
   free (cluster);
   return r;
 }
@@ -419,8 +456,8 @@ load_directory (struct sidecar *sc)
     bm->entry = entries[i];
     bm->on_disk = true;
     bm->inconsistent = (bm->entry.flags & QCOW2_BITMAP_FLAG_IN_USE) != 0;
-    /* QEMU never reads the data of an inconsistent bitmap. */
-    if (!bm->inconsistent && load_bitmap_data (sc, bm) == -1)
+    /* QEMU never reads the table or data of an inconsistent bitmap. */
+    if (!bm->inconsistent && load_bitmap_table (sc, bm) == -1)
       goto out;
   }
   r = 0;
@@ -526,6 +563,8 @@ sidecar_open (const char *path, bool writable)
 {
   struct sidecar *sc;
   struct stat st;
+  uint64_t all_ones_budget;
+  size_t i;
 
   sc = calloc (1, sizeof *sc);
   if (sc == NULL || (sc->path = strdup (path)) == NULL) {
@@ -567,6 +606,11 @@ sidecar_open (const char *path, bool writable)
     goto err;
   if (load_directory (sc) == -1 || check_clusters (sc) == -1)
     goto err;
+  all_ones_budget = sc->file_size;
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    if (!sc->bitmaps[i]->inconsistent &&
+        load_bitmap_bits (sc, sc->bitmaps[i], &all_ones_budget) == -1)
+      goto err;
   return sc;
 
  err:
@@ -968,6 +1012,8 @@ commit (struct sidecar *sc, enum commit_mode mode)
           release_bitmap_clusters (sc, &bm->entry, bm->table) == -1)
         goto out;
       free (bm->table);
+      free (bm->all_ones);      /* we never write all-ones entries */
+      bm->all_ones = NULL;
       bm->table = new_tables[i];
       new_tables[i] = NULL;
     }

@@ -25,6 +25,7 @@ struct sidecar_bitmap {
   bool on_disk;               /* false for a bitmap added this session */
   bool tracked;               /* records writes: set by the caller */
   uint64_t *table;            /* data cluster offsets, if loaded */
+  bool *all_ones;             /* table entries that read as all ones */
   struct dirtymap *data;      /* NULL for an inconsistent bitmap */
 };
 
