@@ -832,12 +832,17 @@ write_new_clusters (struct sidecar *sc, const char *what,
   uint64_t offset;
   struct sidecar_allocation *a;
 
-  a = realloc (sc->allocations, (sc->nr_allocations + 1) * sizeof *a);
-  if (a == NULL) {
-    nbdkit_error ("%s: realloc: %m", sc->path);
-    return 0;
+  if (sc->nr_allocations == sc->allocations_size) {
+    size_t size = sc->allocations_size ? 2 * sc->allocations_size : 64;
+    a = realloc (sc->allocations, size * sizeof *a);
+    if (a == NULL) {
+      nbdkit_error ("%s: realloc: %m", sc->path);
+      return 0;
+    }
+    sc->allocations = a;
+    sc->allocations_size = size;
   }
-  sc->allocations = a;
+  a = sc->allocations;
   offset = refcounts_alloc (&sc->refcounts, n);
   if (offset == 0)
     return 0;

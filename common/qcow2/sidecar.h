@@ -50,7 +50,7 @@ struct sidecar {
   struct sidecar_allocation {   /* clusters allocated by the store */
     uint64_t offset, clusters;  /* under way, to undo if it fails */
   } *allocations;
-  size_t nr_allocations;
+  size_t nr_allocations, allocations_size;
 };
 
 /* Clusters of the sidecars we create: 64 KiB, as QEMU's default. */
