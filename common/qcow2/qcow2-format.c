@@ -433,6 +433,42 @@ enum {
   E_GRAN_BITS = 17, E_NAME_SIZE = 18, E_EXTRA_SIZE = 20,
 };
 
+static int
+compare_names (const void *a, const void *b)
+{
+  return strcmp ((*(const struct qcow2_bitmap_entry *const *) a)->name,
+                 (*(const struct qcow2_bitmap_entry *const *) b)->name);
+}
+
+/* Names must be unique; sorted, so that 65535 entries cost no more
+ * than a sort.
+ */
+static int
+check_unique_names (const char *path, const struct qcow2_bitmap_entry *entries,
+                    uint32_t nb)
+{
+  const struct qcow2_bitmap_entry **sorted = malloc (nb * sizeof *sorted);
+  uint32_t i;
+  int r = 0;
+
+  if (sorted == NULL) {
+    nbdkit_error ("%s: malloc: %m", path);
+    return -1;
+  }
+  for (i = 0; i < nb; ++i)
+    sorted[i] = &entries[i];
+  qsort (sorted, nb, sizeof *sorted, compare_names);
+  for (i = 1; i < nb && r == 0; ++i) {
+    if (strcmp (sorted[i - 1]->name, sorted[i]->name) == 0) {
+      nbdkit_error ("%s: bitmap directory: name '%s' appears twice",
+                    path, sorted[i]->name);
+      r = -1;
+    }
+  }
+  free (sorted);
+  return r;
+}
+
 int
 qcow2_bitmap_directory_decode (const char *path, const uint8_t *buf,
                                uint64_t dir_size, uint32_t nb,
@@ -440,7 +476,7 @@ qcow2_bitmap_directory_decode (const char *path, const uint8_t *buf,
                                struct qcow2_bitmap_entry *entries)
 {
   uint64_t offset = 0;
-  uint32_t i, j;
+  uint32_t i;
 
   for (i = 0; i < nb; ++i) {
     struct qcow2_bitmap_entry *e = &entries[i];
@@ -516,13 +552,6 @@ qcow2_bitmap_directory_decode (const char *path, const uint8_t *buf,
                     "the file", path, e->name, e->table_offset);
       return -1;
     }
-    for (j = 0; j < i; ++j) {
-      if (strcmp (entries[j].name, e->name) == 0) {
-        nbdkit_error ("%s: bitmap directory: name '%s' appears twice",
-                      path, e->name);
-        return -1;
-      }
-    }
     offset += qcow2_bitmap_entry_size (e->name_size);
   }
   if (offset != dir_size) {
@@ -532,7 +561,7 @@ qcow2_bitmap_directory_decode (const char *path, const uint8_t *buf,
                   path, nb, offset, dir_size);
     return -1;
   }
-  return 0;
+  return check_unique_names (path, entries, nb);
 }
 
 void

@@ -170,7 +170,12 @@ uint64_t
 refcounts_alloc (struct refcounts *rc, uint64_t n)
 {
   uint64_t start = rc->search_start, c = start, i;
+  uint64_t first_free = UINT64_MAX;
 
+  if (n == 0) {
+    nbdkit_error ("%s: allocating no clusters (an empty table?)", rc->path);
+    return 0;
+  }
   /* Invariant: [start, c) are free clusters. */
   while (c - start < n) {
     uint64_t b = c / rc->entries_per_block;
@@ -186,13 +191,18 @@ refcounts_alloc (struct refcounts *rc, uint64_t n)
     }
     if (refcounts_get (rc, c) != 0)
       start = c + 1;
+    else if (first_free == UINT64_MAX)
+      first_free = c;
     ++c;
   }
   for (i = 0; i < n; ++i)
     if (refcounts_adjust (rc, start + i, +1) == -1)
       return 0;
-  if (start == rc->search_start)
-    rc->search_start = start + n;
+  /* Everything below the first free cluster seen is in use, so the
+   * next search starts there (or past this run if it began there):
+   * without this every allocation would rescan from cluster 0.
+   */
+  rc->search_start = first_free == start ? start + n : first_free;
   return start << rc->cluster_bits;
 }
 

@@ -456,9 +456,6 @@ load_directory (struct sidecar *sc)
     bm->entry = entries[i];
     bm->on_disk = true;
     bm->inconsistent = (bm->entry.flags & QCOW2_BITMAP_FLAG_IN_USE) != 0;
-    /* QEMU never reads the table or data of an inconsistent bitmap. */
-    if (!bm->inconsistent && load_bitmap_table (sc, bm) == -1)
-      goto out;
   }
   r = 0;
 
@@ -510,47 +507,85 @@ claim (struct cluster_claims *cc, uint64_t offset, uint64_t bytes,
   return 0;
 }
 
+/* Claim the metadata and every bitmap table's extent: before any table
+ * is read, so that many entries sharing one table cost nothing.
+ */
 static int
-check_clusters (struct sidecar *sc)
+claim_metadata (struct cluster_claims *cc)
 {
+  struct sidecar *sc = cc->sc;
   const struct qcow2_header *h = &sc->header;
-  struct cluster_claims cc = { .sc = sc };
+  uint64_t i;
+
+  if (claim (cc, 0, sc->cluster_size, "the header", NULL) == -1 ||
+      claim (cc, h->refcount_table_offset,
+             (uint64_t) h->refcount_table_clusters * sc->cluster_size,
+             "the refcount table", NULL) == -1 ||
+      (h->l1_size > 0 &&
+       claim (cc, h->l1_table_offset, (uint64_t) h->l1_size * 8,
+              "the L1 table", NULL) == -1) ||
+      (sc->dir_size > 0 &&
+       claim (cc, sc->dir_offset, sc->dir_size, "the bitmap directory",
+              NULL) == -1))
+    return -1;
+  for (i = 0; i < sc->refcounts.table_entries; ++i)
+    if (sc->refcounts.table[i] != 0 &&
+        claim (cc, sc->refcounts.table[i], sc->cluster_size,
+               "a refcount block", NULL) == -1)
+      return -1;
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    if (claim (cc, sc->bitmaps[i]->entry.table_offset,
+               (uint64_t) sc->bitmaps[i]->entry.table_size * 8,
+               "the bitmap table", sc->bitmaps[i]->entry.name) == -1)
+      return -1;
+  return 0;
+}
+
+/* Claim the data clusters of the loaded tables: before any is read. */
+static int
+claim_data (struct cluster_claims *cc)
+{
+  struct sidecar *sc = cc->sc;
   uint64_t i, j;
+
+  for (i = 0; i < sc->nr_bitmaps; ++i) {
+    const struct sidecar_bitmap *bm = sc->bitmaps[i];
+
+    for (j = 0; bm->table && j < bm->entry.table_size; ++j)
+      if (bm->table[j] != 0 &&
+          claim (cc, bm->table[j], sc->cluster_size, "a data cluster",
+                 bm->entry.name) == -1)
+        return -1;
+  }
+  return 0;
+}
+
+/* Load the consistent bitmaps, checking as we go that every cluster
+ * belongs to one structure; QEMU never reads the table or data of an
+ * inconsistent bitmap, and neither do we.
+ */
+static int
+load_bitmaps (struct sidecar *sc)
+{
+  struct cluster_claims cc = { .sc = sc };
+  uint64_t all_ones_budget = sc->file_size;
+  size_t i;
   int r = -1;
 
   cc.claimed = dirtymap_new ((sc->file_size + sc->cluster_size - 1)
                              / sc->cluster_size);
-  if (cc.claimed == NULL)
-    return -1;
-  if (claim (&cc, 0, sc->cluster_size, "the header", NULL) == -1 ||
-      claim (&cc, h->refcount_table_offset,
-             (uint64_t) h->refcount_table_clusters * sc->cluster_size,
-             "the refcount table", NULL) == -1 ||
-      (h->l1_size > 0 &&
-       claim (&cc, h->l1_table_offset, (uint64_t) h->l1_size * 8,
-              "the L1 table", NULL) == -1) ||
-      (sc->dir_size > 0 &&
-       claim (&cc, sc->dir_offset, sc->dir_size, "the bitmap directory",
-              NULL) == -1))
+  if (cc.claimed == NULL || claim_metadata (&cc) == -1)
     goto out;
-  for (i = 0; i < sc->refcounts.table_entries; ++i)
-    if (sc->refcounts.table[i] != 0 &&
-        claim (&cc, sc->refcounts.table[i], sc->cluster_size,
-               "a refcount block", NULL) == -1)
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    if (!sc->bitmaps[i]->inconsistent &&
+        load_bitmap_table (sc, sc->bitmaps[i]) == -1)
       goto out;
-  for (i = 0; i < sc->nr_bitmaps; ++i) {
-    const struct sidecar_bitmap *bm = sc->bitmaps[i];
-
-    if (claim (&cc, bm->entry.table_offset,
-               (uint64_t) bm->entry.table_size * 8, "the bitmap table",
-               bm->entry.name) == -1)
+  if (claim_data (&cc) == -1)
+    goto out;
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    if (!sc->bitmaps[i]->inconsistent &&
+        load_bitmap_bits (sc, sc->bitmaps[i], &all_ones_budget) == -1)
       goto out;
-    for (j = 0; bm->table && j < bm->entry.table_size; ++j)
-      if (bm->table[j] != 0 &&
-          claim (&cc, bm->table[j], sc->cluster_size, "a data cluster",
-                 bm->entry.name) == -1)
-        goto out;
-  }
   r = 0;
 
  out:
@@ -563,8 +598,6 @@ sidecar_open (const char *path, bool writable)
 {
   struct sidecar *sc;
   struct stat st;
-  uint64_t all_ones_budget;
-  size_t i;
 
   sc = calloc (1, sizeof *sc);
   if (sc == NULL || (sc->path = strdup (path)) == NULL) {
@@ -604,13 +637,8 @@ sidecar_open (const char *path, bool writable)
   if (refcounts_load (&sc->refcounts, sc->path, sc->fd, &sc->header,
                       sc->file_size) == -1)
     goto err;
-  if (load_directory (sc) == -1 || check_clusters (sc) == -1)
+  if (load_directory (sc) == -1 || load_bitmaps (sc) == -1)
     goto err;
-  all_ones_budget = sc->file_size;
-  for (i = 0; i < sc->nr_bitmaps; ++i)
-    if (!sc->bitmaps[i]->inconsistent &&
-        load_bitmap_bits (sc, sc->bitmaps[i], &all_ones_budget) == -1)
-      goto err;
   return sc;
 
  err:
