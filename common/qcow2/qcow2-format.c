@@ -372,16 +372,20 @@ qcow2_virtual_size_for (uint64_t bytes)
 }
 
 uint64_t
+qcow2_blocks_covering (uint64_t size, unsigned bits)
+{
+  if (bits >= 64)
+    return size > 0 ? 1 : 0;
+  return (size >> bits) + ((size & ((UINT64_C(1) << bits) - 1)) != 0);
+}
+
+uint64_t
 qcow2_bitmap_table_size (uint64_t virtual_size, unsigned granularity_bits,
                          unsigned cluster_bits)
 {
   /* One cluster of bitmap data covers 8 << cluster_bits granules. */
-  unsigned shift = granularity_bits + 3 + cluster_bits;
-
-  if (shift >= 64)
-    return virtual_size > 0 ? 1 : 0;
-  return (virtual_size >> shift)
-    + ((virtual_size & ((UINT64_C(1) << shift) - 1)) != 0);
+  return qcow2_blocks_covering (virtual_size,
+                                granularity_bits + 3 + cluster_bits);
 }
 
 int
@@ -392,9 +396,7 @@ qcow2_bitmap_size_check (const char *path, const char *name,
   unsigned g;
 
   for (g = granularity_bits; g <= QCOW2_BITMAP_MAX_GRAN_BITS; ++g) {
-    uint64_t granules = (virtual_size >> g)
-      + ((virtual_size & ((UINT64_C(1) << g) - 1)) != 0);
-    uint64_t data_bytes = (granules + 7) / 8;
+    uint64_t data_bytes = (qcow2_blocks_covering (virtual_size, g) + 7) / 8;
     if (data_bytes <= QCOW2_BITMAP_MAX_DATA_BYTES &&
         qcow2_bitmap_table_size (virtual_size, g, cluster_bits)
           <= QCOW2_BITMAP_MAX_TABLE_SIZE)

@@ -167,6 +167,11 @@ extern int qcow2_bitmap_name_check (const char *name, const char *where);
  */
 extern uint64_t qcow2_virtual_size_for (uint64_t bytes);
 
+/* How many blocks of 1 << BITS bytes cover SIZE bytes (the last one
+ * may be partial): granules of a bitmap, clusters of its data.
+ */
+extern uint64_t qcow2_blocks_covering (uint64_t size, unsigned bits);
+
 /* Table size a bitmap must have for a disk of VIRTUAL_SIZE bytes. */
 extern uint64_t qcow2_bitmap_table_size (uint64_t virtual_size,
                                          unsigned granularity_bits,

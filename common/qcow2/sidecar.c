@@ -44,13 +44,18 @@ sync_directory_of (const char *path)
   return r;
 }
 
+/* Guest bytes one L1 entry of a new sidecar maps: an L2 table of
+ * 8-byte entries, each mapping a cluster.
+ */
+#define NEW_L2_COVERAGE \
+  ((UINT64_C(1) << SIDECAR_NEW_CLUSTER_BITS) \
+   * ((UINT64_C(1) << SIDECAR_NEW_CLUSTER_BITS) / 8))
+
 int
 sidecar_check_creatable (const char *path, uint64_t virtual_size)
 {
-  const uint64_t cs = UINT64_C(1) << SIDECAR_NEW_CLUSTER_BITS;
-
   /* QEMU's largest L1 table, each entry mapping an L2 table. */
-  if (virtual_size > (QCOW2_MAX_L1_BYTES / 8) * (cs * (cs / 8))) {
+  if (virtual_size > (QCOW2_MAX_L1_BYTES / 8) * NEW_L2_COVERAGE) {
     nbdkit_error ("%s: a qcow2 sidecar with 64 KiB clusters cannot describe "
                   "a disk of %" PRIu64 " bytes (at most 2 PiB); create one "
                   "with larger clusters: 'qemu-img create -f qcow2 -o "
@@ -64,7 +69,6 @@ int
 sidecar_create (const char *path, uint64_t virtual_size)
 {
   const uint64_t cs = UINT64_C(1) << SIDECAR_NEW_CLUSTER_BITS;
-  const uint64_t l2_coverage = cs * (cs / 8);
   struct qcow2_header h = {
     .version = 3,
     .cluster_bits = SIDECAR_NEW_CLUSTER_BITS,
@@ -83,7 +87,7 @@ sidecar_create (const char *path, uint64_t virtual_size)
 
   if (sidecar_check_creatable (path, virtual_size) == -1)
     return -1;
-  h.l1_size = DIV_ROUND_UP (virtual_size, l2_coverage);
+  h.l1_size = DIV_ROUND_UP (virtual_size, NEW_L2_COVERAGE);
   l1_clusters = DIV_ROUND_UP ((uint64_t) h.l1_size * 8, cs);
   if (l1_clusters == 0)
     l1_clusters = 1;
@@ -172,10 +176,7 @@ uint64_t
 sidecar_bitmap_granules (const struct sidecar *sc,
                          const struct sidecar_bitmap *bm)
 {
-  unsigned g = bm->entry.granularity_bits;
-
-  return (sc->header.size >> g)
-    + ((sc->header.size & ((UINT64_C(1) << g) - 1)) != 0);
+  return qcow2_blocks_covering (sc->header.size, bm->entry.granularity_bits);
 }
 
 static void

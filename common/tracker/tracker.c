@@ -344,9 +344,7 @@ start_locked (struct tracker *t, uint64_t export_size)
     if (sc->bitmaps[i]->tracked && sc->bitmaps[i]->entry.granularity_bits < finest)
       finest = sc->bitmaps[i]->entry.granularity_bits;
   t->recording_bits = finest;
-  t->recording = dirtymap_new ((export_size >> finest)
-                               + ((export_size & ((UINT64_C(1) << finest) - 1))
-                                  != 0));
+  t->recording = dirtymap_new (qcow2_blocks_covering (export_size, finest));
   if (t->recording == NULL)
     goto err;
   for (i = 0; i < sc->nr_bitmaps; ++i)
