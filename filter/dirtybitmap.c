@@ -75,6 +75,21 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
       return -1;
     return tracker_config_set_granularity (&config, size);
   }
+  if (strcmp (key, "dirtybitmap-crash-safe") == 0) {
+    int r = nbdkit_parse_bool (value);
+    if (r == -1)
+      return -1;
+    config.crash_safe = r;
+    return 0;
+  }
+  if (strcmp (key, "dirtybitmap-crash-granularity") == 0) {
+    int64_t size = nbdkit_parse_size (value);
+    if (size == -1)
+      return -1;
+    return tracker_config_set_crash_granularity (&config, size);
+  }
+  if (strcmp (key, "dirtybitmap-in-use") == 0)
+    return tracker_config_set_in_use_policy (&config, value);
   return next (nxdata, key, value);
 }
 
@@ -93,7 +108,10 @@ dirtybitmap_config_complete (nbdkit_next_config_complete *next,
 #define dirtybitmap_config_help \
   "dirtybitmap-file=<FILE>     (required) qcow2 sidecar holding the bitmaps.\n" \
   "dirtybitmap=<NAME>          Bitmap to record writes in (repeatable).\n" \
-  "dirtybitmap-granularity=<SIZE> Granularity of new bitmaps (default 64K)."
+  "dirtybitmap-granularity=<SIZE> Granularity of new bitmaps (default 64K).\n" \
+  "dirtybitmap-crash-safe=<BOOL>  Keep bitmaps across crashes (default true).\n" \
+  "dirtybitmap-crash-granularity=<SIZE> Regions made durable (default 1M).\n" \
+  "dirtybitmap-in-use=keep|refuse|reset Bitmaps left in use (default keep)."
 
 /* Open the default export once, before serving anyone, so that a
  * sidecar that does not fit is refused at start-up.  Some plugins can
@@ -190,11 +208,14 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
 static int
 mark (uint64_t offset, uint32_t count, const char *what, int *err)
 {
+  int e;
+
   if (dirtybitmap_debug_writes)
     nbdkit_debug ("dirtybitmap: %s offset %" PRIu64 " count %" PRIu32,
                   what, offset, count);
-  if (tracker_mark (tracker, offset, count) == -1) {
-    *err = ENOMEM;
+  e = tracker_mark (tracker, offset, count);
+  if (e != 0) {
+    *err = e;
     return -1;
   }
   return 0;

@@ -310,3 +310,22 @@ dirtymap_merge_scaled (struct dirtymap *dst, const struct dirtymap *src,
   }
   return 0;
 }
+
+int
+dirtymap_merge_expanded (struct dirtymap *dst, const struct dirtymap *src,
+                         unsigned shift)
+{
+  uint64_t start = dirtymap_next_set (src, 0);
+
+  while (start < src->nr_bits) {
+    uint64_t end = dirtymap_next_clear (src, start);
+    uint64_t dst_first = start << shift;
+
+    if (dst_first >= dst->nr_bits)
+      break;
+    if (dirtymap_set_range (dst, dst_first, (end - start) << shift) == -1)
+      return -1;
+    start = dirtymap_next_set (src, end);
+  }
+  return 0;
+}

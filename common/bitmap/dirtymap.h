@@ -77,4 +77,12 @@ extern int dirtymap_merge_scaled (struct dirtymap *dst,
                                   const struct dirtymap *src,
                                   unsigned shift);
 
+/* OR SRC into DST, where one bit of SRC covers 1 << SHIFT bits of DST
+ * (SRC is the coarser), clipped to DST.  Returns 0, or -1 with
+ * nbdkit_error on allocation failure.
+ */
+extern int dirtymap_merge_expanded (struct dirtymap *dst,
+                                    const struct dirtymap *src,
+                                    unsigned shift);
+
 #endif /* DIRTYBITMAP_DIRTYMAP_H */

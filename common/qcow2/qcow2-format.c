@@ -5,6 +5,7 @@
 #include <inttypes.h>
 
 #include <nbdkit-filter.h>
+#include <zlib.h>
 
 #include "byte-order.h"
 #include "qcow2-format.h"
@@ -347,6 +348,77 @@ qcow2_bitmaps_ext_decode (const char *path, const struct qcow2_extension *ext,
     return -1;
   }
   return 0;
+}
+
+size_t
+qcow2_journal_ext_size (uint32_t nr_protected)
+{
+  return QCOW2_JOURNAL_EXT_FIXED + (size_t) nr_protected * 8;
+}
+
+static uint32_t
+journal_ext_crc (const uint8_t *data, size_t covered)
+{
+  return crc32 (crc32 (0, Z_NULL, 0), data, covered);
+}
+
+int
+qcow2_journal_ext_decode (const struct qcow2_extension *ext,
+                          unsigned cluster_bits,
+                          struct qcow2_journal_ext *out, const char **why)
+{
+  uint32_t i, n;
+  size_t covered;
+
+  memset (out, 0, sizeof *out);
+  if (ext->length < QCOW2_JOURNAL_EXT_FIXED) {
+    *why = "the crash-safety record is truncated";
+    return -1;
+  }
+  n = load_be32 (&ext->data[4]);
+  if (n > QCOW2_BITMAP_MAX_COUNT ||
+      ext->length != qcow2_journal_ext_size (n)) {
+    *why = "the crash-safety record's length does not match its count";
+    return -1;
+  }
+  covered = ext->length - 4;
+  if (load_be32 (&ext->data[covered]) != journal_ext_crc (ext->data, covered)) {
+    *why = "the crash-safety record fails its crc32 (torn write)";
+    return -1;
+  }
+  if (load_be32 (&ext->data[0]) != QCOW2_JOURNAL_EXT_VERSION) {
+    *why = "the crash-safety record has a version this filter does not know";
+    return -1;
+  }
+  out->journal_table_offset = load_be64 (&ext->data[8]);
+  if (out->journal_table_offset == 0 ||
+      !IS_ALIGNED (out->journal_table_offset, cluster_bits)) {
+    *why = "the crash-safety record names no valid journal";
+    return -1;
+  }
+  out->protected_tables = calloc (n ? n : 1, sizeof (uint64_t));
+  if (out->protected_tables == NULL) {
+    *why = "out of memory";
+    return -1;
+  }
+  out->nr_protected = n;
+  for (i = 0; i < n; ++i)
+    out->protected_tables[i] = load_be64 (&ext->data[16 + 8 * (size_t) i]);
+  return 0;
+}
+
+void
+qcow2_journal_ext_encode (const struct qcow2_journal_ext *in, uint8_t *data)
+{
+  size_t covered = qcow2_journal_ext_size (in->nr_protected) - 4;
+  uint32_t i;
+
+  store_be32 (&data[0], QCOW2_JOURNAL_EXT_VERSION);
+  store_be32 (&data[4], in->nr_protected);
+  store_be64 (&data[8], in->journal_table_offset);
+  for (i = 0; i < in->nr_protected; ++i)
+    store_be64 (&data[16 + 8 * (size_t) i], in->protected_tables[i]);
+  store_be32 (&data[covered], journal_ext_crc (data, covered));
 }
 
 void

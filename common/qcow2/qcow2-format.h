@@ -34,11 +34,19 @@
 #define QCOW2_AUTOCLEAR_BITMAPS     (UINT64_C(1) << 0)
 #define QCOW2_AUTOCLEAR_DATA_RAW    (UINT64_C(1) << 1)
 #define QCOW2_AUTOCLEAR_KNOWN       (UINT64_C(0x3))
+/* Ours: set while the journal record below may be trusted.  QEMU
+ * clears autoclear bits it does not know whenever it opens the image
+ * for writing, so a set bit proves that no other program has written
+ * the bitmaps since the filter did.  The top bit, the one QEMU is
+ * least likely ever to assign.
+ */
+#define QCOW2_AUTOCLEAR_JOURNAL     (UINT64_C(1) << 63)
 
 /* Header extension types. */
 #define QCOW2_EXT_END               0x00000000U
 #define QCOW2_EXT_FEATURE_TABLE     0x6803f857U
 #define QCOW2_EXT_BITMAPS           0x23852875U
+#define QCOW2_EXT_JOURNAL           0x6e62646aU   /* ours: "nbdj" */
 
 /* Bitmap limits, as QEMU enforces them on open. */
 #define QCOW2_BITMAP_MAX_COUNT      65535
@@ -127,6 +135,37 @@ extern int qcow2_bitmaps_ext_decode (const char *path,
                                      struct qcow2_bitmaps_ext *out);
 extern void qcow2_bitmaps_ext_encode (const struct qcow2_bitmaps_ext *in,
                                       uint8_t data[QCOW2_BITMAP_EXT_SIZE]);
+
+/* The filter's crash-safety record (header extension
+ * QCOW2_EXT_JOURNAL, unknown to QEMU, which keeps it as it is).  It
+ * names the journal, a bitmap the filter keeps in use, and the bitmaps
+ * it protects, by their table offsets.  After a crash each protected
+ * bitmap is its table's data (stored before tracking began and never
+ * touched since) plus the journal's marks.  A crc32 covers the record
+ * so that a torn header write is never trusted.
+ */
+#define QCOW2_JOURNAL_EXT_VERSION   1
+#define QCOW2_JOURNAL_EXT_FIXED     20  /* version, count, journal, crc */
+#define QCOW2_JOURNAL_NAME          "nbdkit-dirtybitmap-journal"
+
+struct qcow2_journal_ext {
+  uint64_t journal_table_offset;
+  uint32_t nr_protected;
+  uint64_t *protected_tables;   /* table offsets, nr_protected of them */
+};
+
+extern size_t qcow2_journal_ext_size (uint32_t nr_protected);
+/* Decode EXT into *OUT (its array to be freed by the caller).  A
+ * record that fails its checks is not an error in the file (QEMU
+ * ignores it): returns -1 with *WHY saying what is wrong.
+ */
+extern int qcow2_journal_ext_decode (const struct qcow2_extension *ext,
+                                     unsigned cluster_bits,
+                                     struct qcow2_journal_ext *out,
+                                     const char **why);
+/* Encode into DATA, qcow2_journal_ext_size bytes. */
+extern void qcow2_journal_ext_encode (const struct qcow2_journal_ext *in,
+                                      uint8_t *data);
 
 /* One bitmap directory entry (extra data is never accepted: QEMU
  * refuses any, so a sidecar with some is unusable anyway).

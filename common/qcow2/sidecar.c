@@ -200,6 +200,8 @@ sidecar_close (struct sidecar *sc)
   for (i = 0; i < sc->nr_bitmaps; ++i)
     bitmap_free (sc->bitmaps[i]);
   free (sc->bitmaps);
+  bitmap_free (sc->journal);
+  bitmap_free (sc->old_journal);
   refcounts_free (&sc->refcounts);
   free (sc->allocations);
   qcow2_extensions_free (sc->exts, sc->nr_exts);
@@ -296,13 +298,14 @@ load_header (struct sidecar *sc)
   return r;
 }
 
-/* Read and check a consistent bitmap's table.  Its data is read only
- * once every cluster is known to belong to one structure (see
- * check_clusters), so that no input can make us read, or allocate
- * for, the same cluster many times.
+/* Read and check a bitmap's table.  Its data is read only once every
+ * cluster is known to belong to one structure (see check_clusters), so
+ * that no input can make us read, or allocate for, the same cluster
+ * many times.  The table of a bitmap in use may have any size (QEMU
+ * never checks it), which only EXACT checks.
  */
 static int
-load_bitmap_table (struct sidecar *sc, struct sidecar_bitmap *bm)
+load_bitmap_table (struct sidecar *sc, struct sidecar_bitmap *bm, bool exact)
 {
   const struct qcow2_bitmap_entry *e = &bm->entry;
   uint64_t expected = qcow2_bitmap_table_size (sc->header.size,
@@ -312,7 +315,7 @@ load_bitmap_table (struct sidecar *sc, struct sidecar_bitmap *bm)
   uint8_t *raw;
   int r = -1;
 
-  if (e->table_size != expected) {
+  if (exact && e->table_size != expected) {
     nbdkit_error ("%s: bitmap '%s': bitmap_table_size %" PRIu32 " does not "
                   "match the virtual size (%" PRIu64 " bytes needs %" PRIu64
                   " entries)", sc->path, e->name, e->table_size,
@@ -401,20 +404,28 @@ load_bitmap_bits (struct sidecar *sc, struct sidecar_bitmap *bm,
   return r;
 }
 
+static struct qcow2_extension *
+find_extension (struct sidecar *sc, uint32_t type)
+{
+  size_t i;
+
+  for (i = 0; i < sc->nr_exts; ++i)
+    if (sc->exts[i].type == type)
+      return &sc->exts[i];
+  return NULL;
+}
+
 static int
 load_directory (struct sidecar *sc)
 {
+  struct qcow2_extension *bitmaps_ext = find_extension (sc, QCOW2_EXT_BITMAPS);
   struct qcow2_bitmaps_ext ext;
   struct qcow2_bitmap_entry *entries = NULL;
   uint8_t *dir = NULL;
   uint32_t i;
   int r = -1;
 
-  sc->bitmaps_ext = -1;
-  for (i = 0; i < sc->nr_exts; ++i)
-    if (sc->exts[i].type == QCOW2_EXT_BITMAPS)
-      sc->bitmaps_ext = i;
-  if (sc->bitmaps_ext == -1)
+  if (bitmaps_ext == NULL)
     return 0;
   if (!(sc->header.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
     /* A program that does not know bitmaps wrote the file after QEMU
@@ -424,7 +435,7 @@ load_directory (struct sidecar *sc)
                   "bitmaps extension, as QEMU does", sc->path);
     return 0;
   }
-  if (qcow2_bitmaps_ext_decode (sc->path, &sc->exts[sc->bitmaps_ext],
+  if (qcow2_bitmaps_ext_decode (sc->path, bitmaps_ext,
                                 sc->header.cluster_bits, sc->file_size,
                                 &ext) == -1)
     return -1;
@@ -464,6 +475,55 @@ load_directory (struct sidecar *sc)
   free (dir);
   free (entries);
   return r;
+}
+
+static bool
+is_journal_entry (const struct qcow2_bitmap_entry *e)
+{
+  return strcmp (e->name, QCOW2_JOURNAL_NAME) == 0 &&
+    (e->flags & QCOW2_BITMAP_FLAG_IN_USE) &&
+    !(e->flags & QCOW2_BITMAP_FLAG_AUTO);
+}
+
+/* Find the journal a crashed session left and decide whether its
+ * record can be trusted; if so, mark the bitmaps it protected as
+ * recovered (their tables and data are loaded with the journal's).
+ */
+static int
+find_journal (struct sidecar *sc)
+{
+  struct qcow2_extension *ext = find_extension (sc, QCOW2_EXT_JOURNAL);
+  struct qcow2_journal_ext rec;
+  size_t i, j;
+
+  /* Without the record, a bitmap of that name is someone else's. */
+  if (ext == NULL)
+    return 0;
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    if (is_journal_entry (&sc->bitmaps[i]->entry))
+      sc->old_journal = sc->bitmaps[i];
+  if (qcow2_journal_ext_decode (ext, sc->header.cluster_bits, &rec,
+                                &sc->journal_distrust) == -1)
+    return 0;
+  if (!(sc->header.autoclear_features & QCOW2_AUTOCLEAR_JOURNAL) ||
+      !(sc->header.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS))
+    sc->journal_distrust = "another program opened the sidecar for writing "
+      "after the filter (it cleared the filter's autoclear bit)";
+  else if (sc->old_journal == NULL ||
+           sc->old_journal->entry.table_offset != rec.journal_table_offset)
+    sc->journal_distrust = "the journal bitmap '" QCOW2_JOURNAL_NAME
+      "' the record names is gone";
+  else {
+    for (j = 0; j < rec.nr_protected; ++j)
+      for (i = 0; i < sc->nr_bitmaps; ++i) {
+        struct sidecar_bitmap *bm = sc->bitmaps[i];
+        if (bm != sc->old_journal && bm->inconsistent &&
+            bm->entry.table_offset == rec.protected_tables[j])
+          bm->recovered = true;
+      }
+  }
+  free (rec.protected_tables);
+  return 0;
 }
 
 /* Every cluster the filter may free or that guards its allocations
@@ -561,12 +621,63 @@ claim_data (struct cluster_claims *cc)
   return 0;
 }
 
-/* Load the consistent bitmaps, checking as we go that every cluster
- * belongs to one structure; QEMU never reads the table or data of an
- * inconsistent bitmap, and neither do we.
+/* Whose data is read: the consistent bitmaps, those the journal
+ * protects, and the journal itself when its record is trusted.  QEMU
+ * never reads the table or data of any other inconsistent bitmap, and
+ * neither do we, unless asked to reset them.
+ */
+static bool
+data_wanted (const struct sidecar *sc, const struct sidecar_bitmap *bm)
+{
+  return !bm->inconsistent || bm->recovered ||
+    (bm == sc->old_journal && sc->journal_distrust == NULL &&
+     find_extension ((struct sidecar *) sc, QCOW2_EXT_JOURNAL) != NULL);
+}
+
+static bool
+table_wanted (const struct sidecar *sc, const struct sidecar_bitmap *bm,
+              unsigned flags)
+{
+  return data_wanted (sc, bm) || bm == sc->old_journal ||
+    (flags & SIDECAR_LOAD_IN_USE);
+}
+
+/* A protected bitmap is what it held when tracking began plus what the
+ * journal marked since; the journal may be coarser or finer.
  */
 static int
-load_bitmaps (struct sidecar *sc)
+recover_bitmaps (struct sidecar *sc)
+{
+  const struct sidecar_bitmap *journal = sc->old_journal;
+  unsigned jbits = journal ? journal->entry.granularity_bits : 0;
+  size_t i;
+
+  for (i = 0; i < sc->nr_bitmaps; ++i) {
+    struct sidecar_bitmap *bm = sc->bitmaps[i];
+    unsigned bbits = bm->entry.granularity_bits;
+    int r;
+
+    if (!bm->recovered)
+      continue;
+    r = jbits >= bbits
+      ? dirtymap_merge_expanded (bm->data, journal->data, jbits - bbits)
+      : dirtymap_merge_scaled (bm->data, journal->data, bbits - jbits);
+    if (r == -1)
+      return -1;
+    bm->inconsistent = false;
+    bm->modified = true;
+    nbdkit_debug ("%s: bitmap '%s' recovered from the journal (%" PRIu64
+                  " dirty granules)", sc->path, bm->entry.name,
+                  dirtymap_count (bm->data));
+  }
+  return 0;
+}
+
+/* Load the bitmaps, checking as we go that every cluster belongs to
+ * one structure.
+ */
+static int
+load_bitmaps (struct sidecar *sc, unsigned flags)
 {
   struct cluster_claims cc = { .sc = sc };
   uint64_t all_ones_budget = sc->file_size;
@@ -577,14 +688,16 @@ load_bitmaps (struct sidecar *sc)
                              / sc->cluster_size);
   if (cc.claimed == NULL || claim_metadata (&cc) == -1)
     goto out;
-  for (i = 0; i < sc->nr_bitmaps; ++i)
-    if (!sc->bitmaps[i]->inconsistent &&
-        load_bitmap_table (sc, sc->bitmaps[i]) == -1)
+  for (i = 0; i < sc->nr_bitmaps; ++i) {
+    struct sidecar_bitmap *bm = sc->bitmaps[i];
+    if (table_wanted (sc, bm, flags) &&
+        load_bitmap_table (sc, bm, data_wanted (sc, bm)) == -1)
       goto out;
+  }
   if (claim_data (&cc) == -1)
     goto out;
   for (i = 0; i < sc->nr_bitmaps; ++i)
-    if (!sc->bitmaps[i]->inconsistent &&
+    if (data_wanted (sc, sc->bitmaps[i]) &&
         load_bitmap_bits (sc, sc->bitmaps[i], &all_ones_budget) == -1)
       goto out;
   r = 0;
@@ -594,9 +707,27 @@ load_bitmaps (struct sidecar *sc)
   return r;
 }
 
-struct sidecar *
-sidecar_open (const char *path, bool writable)
+/* The journal is the filter's, not the user's: out of the list of
+ * bitmaps, kept only to be dropped at the next commit.
+ */
+static void
+set_aside_old_journal (struct sidecar *sc)
 {
+  size_t i;
+
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    if (sc->bitmaps[i] == sc->old_journal) {
+      memmove (&sc->bitmaps[i], &sc->bitmaps[i + 1],
+               (sc->nr_bitmaps - i - 1) * sizeof sc->bitmaps[0]);
+      sc->nr_bitmaps--;
+      break;
+    }
+}
+
+struct sidecar *
+sidecar_open (const char *path, unsigned flags)
+{
+  const bool writable = (flags & SIDECAR_WRITABLE) != 0;
   struct sidecar *sc;
   struct stat st;
 
@@ -607,7 +738,6 @@ sidecar_open (const char *path, bool writable)
     return NULL;
   }
   sc->writable = writable;
-  sc->bitmaps_ext = -1;
   sc->fd = open (path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
   if (sc->fd == -1) {
     nbdkit_error ("%s: cannot open the sidecar%s: %m", path,
@@ -638,8 +768,10 @@ sidecar_open (const char *path, bool writable)
   if (refcounts_load (&sc->refcounts, sc->path, sc->fd, &sc->header,
                       sc->file_size) == -1)
     goto err;
-  if (load_directory (sc) == -1 || load_bitmaps (sc) == -1)
+  if (load_directory (sc) == -1 || find_journal (sc) == -1 ||
+      load_bitmaps (sc, flags) == -1 || recover_bitmaps (sc) == -1)
     goto err;
+  set_aside_old_journal (sc);
   return sc;
 
  err:
@@ -715,45 +847,59 @@ sidecar_add_bitmap (struct sidecar *sc, const char *name,
   return bm;
 }
 
-/* Rewrite cluster 0 with the header and a bitmaps extension describing
- * EXT: the commit point of every change to the bitmaps.  Extensions we
- * do not know, and the backing file name, are written back as they
- * were read.
+/* Give extension TYPE the LENGTH bytes at DATA, adding it if missing;
+ * DATA NULL removes it.
  */
 static int
-write_header (struct sidecar *sc, const struct qcow2_bitmaps_ext *ext)
+set_extension (struct sidecar *sc, uint32_t type, const void *data,
+               uint32_t length)
 {
-  uint8_t ext_data[QCOW2_BITMAP_EXT_SIZE];
-  struct qcow2_extension *e;
-  size_t used, write_len;
-  uint8_t *buf;
-  int r = -1;
+  struct qcow2_extension *e = find_extension (sc, type);
+  uint8_t *copy = NULL;
 
-  qcow2_bitmaps_ext_encode (ext, ext_data);
-  if (sc->bitmaps_ext == -1) {
+  if (data == NULL) {
+    if (e) {
+      free (e->data);
+      memmove (e, e + 1, (&sc->exts[sc->nr_exts] - (e + 1)) * sizeof *e);
+      sc->nr_exts--;
+    }
+    return 0;
+  }
+  copy = malloc (length ? length : 1);
+  if (copy == NULL) {
+    nbdkit_error ("%s: malloc: %m", sc->path);
+    return -1;
+  }
+  memcpy (copy, data, length);
+  if (e == NULL) {
     e = realloc (sc->exts, (sc->nr_exts + 1) * sizeof *e);
     if (e == NULL) {
       nbdkit_error ("%s: realloc: %m", sc->path);
+      free (copy);
       return -1;
     }
     sc->exts = e;
-    e[sc->nr_exts].type = QCOW2_EXT_BITMAPS;
-    e[sc->nr_exts].length = 0;
-    e[sc->nr_exts].data = NULL;
-    sc->bitmaps_ext = sc->nr_exts++;
+    e = &sc->exts[sc->nr_exts++];
+    e->type = type;
+    e->data = NULL;
   }
-  e = &sc->exts[sc->bitmaps_ext];
-  if (e->length != QCOW2_BITMAP_EXT_SIZE) {
-    uint8_t *d = malloc (QCOW2_BITMAP_EXT_SIZE);
-    if (d == NULL) {
-      nbdkit_error ("%s: malloc: %m", sc->path);
-      return -1;
-    }
-    free (e->data);
-    e->data = d;
-    e->length = QCOW2_BITMAP_EXT_SIZE;
-  }
-  memcpy (e->data, ext_data, QCOW2_BITMAP_EXT_SIZE);
+  free (e->data);
+  e->data = copy;
+  e->length = length;
+  return 0;
+}
+
+/* Rewrite cluster 0 with the header and the extensions as they stand:
+ * the commit point of every change to the bitmaps.  Extensions we do
+ * not know, and the backing file name, are written back as they were
+ * read.
+ */
+static int
+write_header (struct sidecar *sc)
+{
+  size_t used, write_len;
+  uint8_t *buf;
+  int r = -1;
 
   used = sc->header.header_length
     + qcow2_extensions_encoded_size (sc->exts, sc->nr_exts);
@@ -763,7 +909,10 @@ write_header (struct sidecar *sc, const struct qcow2_bitmaps_ext *ext)
   }
   if (used > sc->cluster_size) {
     nbdkit_error ("%s: the header extensions no longer fit in the first "
-                  "cluster (%zu bytes needed)", sc->path, used);
+                  "cluster (%zu bytes needed)%s", sc->path, used,
+                  find_extension (sc, QCOW2_EXT_JOURNAL)
+                  ? "; the crash-safety record lists every tracked bitmap: "
+                    "track fewer, or set dirtybitmap-crash-safe=false" : "");
     return -1;
   }
   write_len = used > sc->header_area ? used : sc->header_area;
@@ -806,23 +955,23 @@ write_autoclear (struct sidecar *sc, uint64_t autoclear)
 }
 
 static uint64_t
-directory_size (struct sidecar *sc)
+directory_size (const struct qcow2_bitmap_entry *entries, size_t n)
 {
   uint64_t size = 0;
   size_t i;
 
-  for (i = 0; i < sc->nr_bitmaps; ++i)
-    size += qcow2_bitmap_entry_size (sc->bitmaps[i]->entry.name_size);
+  for (i = 0; i < n; ++i)
+    size += qcow2_bitmap_entry_size (entries[i].name_size);
   return size;
 }
 
 /* A copy of every bitmap's entry as it stands, to be edited into the
- * next directory.
+ * next directory, with room for the journal's.
  */
 static struct qcow2_bitmap_entry *
 current_entries (struct sidecar *sc)
 {
-  struct qcow2_bitmap_entry *entries = calloc (sc->nr_bitmaps,
+  struct qcow2_bitmap_entry *entries = calloc (sc->nr_bitmaps + 1,
                                                sizeof *entries);
   size_t i;
 
@@ -835,10 +984,10 @@ current_entries (struct sidecar *sc)
   return entries;
 }
 
-/* The directory for ENTRIES, zero-padded to PADDED bytes. */
+/* The directory for N ENTRIES, zero-padded to PADDED bytes. */
 static uint8_t *
 encode_directory (struct sidecar *sc, const struct qcow2_bitmap_entry *entries,
-                  uint64_t padded)
+                  size_t n, uint64_t padded)
 {
   uint8_t *buf = calloc (1, padded);
 
@@ -846,18 +995,17 @@ encode_directory (struct sidecar *sc, const struct qcow2_bitmap_entry *entries,
     nbdkit_error ("%s: allocating the bitmap directory: %m", sc->path);
     return NULL;
   }
-  qcow2_bitmap_directory_encode (entries, sc->nr_bitmaps, buf);
+  qcow2_bitmap_directory_encode (entries, n, buf);
   return buf;
 }
 
-/* Write BYTES bytes from BUF into newly allocated clusters; returns
- * the offset, or 0 after nbdkit_error.  BUF holds whole clusters.
+/* Allocate N clusters for the commit under way, remembered so that
+ * a failure before the commit point gives them back; returns the
+ * offset, or 0 after nbdkit_error.
  */
 static uint64_t
-write_new_clusters (struct sidecar *sc, const char *what,
-                    const void *buf, uint64_t bytes)
+alloc_clusters (struct sidecar *sc, uint64_t n)
 {
-  uint64_t n = DIV_ROUND_UP (bytes, sc->cluster_size);
   uint64_t offset;
   struct sidecar_allocation *a;
 
@@ -878,19 +1026,42 @@ write_new_clusters (struct sidecar *sc, const char *what,
   a[sc->nr_allocations].offset = offset;
   a[sc->nr_allocations].clusters = n;
   sc->nr_allocations++;
+  return offset;
+}
+
+/* Write BYTES bytes from BUF into newly allocated clusters; returns
+ * the offset, or 0 after nbdkit_error.  BUF holds whole clusters.
+ */
+static uint64_t
+write_new_clusters (struct sidecar *sc, const char *what,
+                    const void *buf, uint64_t bytes)
+{
+  uint64_t n = DIV_ROUND_UP (bytes, sc->cluster_size);
+  uint64_t offset = alloc_clusters (sc, n);
+
+  if (offset == 0)
+    return 0;
   if (write_fully (sc->fd, sc->path, what, buf, n * sc->cluster_size, offset)
       == -1)
     return 0;
   return offset;
 }
 
-/* Write a bitmap's data (if WITH_DATA) and a new table for it.  On
- * success *TABLE_RET holds the new table and the entry's table offset
- * is set in *E.
+enum bitmap_data {
+  DATA_NONE,                    /* a new, empty bitmap */
+  DATA_STORED,                  /* BM's data, all-zero clusters omitted */
+  DATA_PREALLOCATED,            /* every cluster allocated, zeroed, so
+                                   that it can be updated in place */
+};
+
+/* Write a bitmap's data and a new table for it.  On success
+ * *TABLE_RET holds the new table and the entry's table offset is set
+ * in *E.
  */
 static int
-write_bitmap (struct sidecar *sc, struct sidecar_bitmap *bm, bool with_data,
-              struct qcow2_bitmap_entry *e, uint64_t **table_ret)
+write_bitmap (struct sidecar *sc, struct sidecar_bitmap *bm,
+              enum bitmap_data data, struct qcow2_bitmap_entry *e,
+              uint64_t **table_ret)
 {
   uint64_t table_bytes = (uint64_t) e->table_size * 8;
   uint64_t padded = DIV_ROUND_UP (table_bytes, sc->cluster_size)
@@ -905,7 +1076,20 @@ write_bitmap (struct sidecar *sc, struct sidecar_bitmap *bm, bool with_data,
     nbdkit_error ("%s: bitmap '%s': allocating: %m", sc->path, e->name);
     goto out;
   }
-  for (i = 0; with_data && i < e->table_size; ++i) {
+  if (data == DATA_PREALLOCATED) {
+    uint64_t first = alloc_clusters (sc, e->table_size);
+
+    if (first == 0)
+      goto out;
+    memset (cluster, 0, sc->cluster_size);
+    for (i = 0; i < e->table_size; ++i) {
+      table[i] = first + i * sc->cluster_size;
+      if (write_fully (sc->fd, sc->path, "journal", cluster,
+                       sc->cluster_size, table[i]) == -1)
+        goto out;
+    }
+  }
+  for (i = 0; data == DATA_STORED && i < e->table_size; ++i) {
     /* All-zero clusters stay unallocated (table entry 0), as QEMU
      * stores them.
      */
@@ -965,84 +1149,189 @@ undo_allocations (struct sidecar *sc)
 
 enum commit_mode { COMMIT_BEGIN, COMMIT_STORE };
 
+/* This session's journal, not yet on disk: disabled and in use, so
+ * that QEMU counts its clusters but never reads or writes them.
+ */
+static struct sidecar_bitmap *
+new_journal (struct sidecar *sc)
+{
+  struct sidecar_bitmap *j = calloc (1, sizeof *j);
+
+  if (j == NULL) {
+    nbdkit_error ("%s: calloc: %m", sc->path);
+    return NULL;
+  }
+  j->entry.type = QCOW2_BITMAP_TYPE_DIRTY;
+  j->entry.granularity_bits = sc->journal_bits;
+  j->entry.flags = QCOW2_BITMAP_FLAG_IN_USE;
+  j->entry.name_size = strlen (QCOW2_JOURNAL_NAME);
+  strcpy (j->entry.name, QCOW2_JOURNAL_NAME);
+  j->entry.table_size = qcow2_bitmap_table_size (sc->header.size,
+                                                 sc->journal_bits,
+                                                 sc->header.cluster_bits);
+  return j;
+}
+
+/* The record naming the journal and the bitmaps it protects: those
+ * that record writes, by the table offsets ENTRIES give them.
+ */
+static int
+set_journal_record (struct sidecar *sc, const struct sidecar_bitmap *journal,
+                    const struct qcow2_bitmap_entry *entries)
+{
+  struct qcow2_journal_ext rec = {
+    .journal_table_offset = journal->entry.table_offset,
+  };
+  uint8_t *data = NULL;
+  size_t i;
+  int r = -1;
+
+  rec.protected_tables = calloc (sc->nr_bitmaps + 1, sizeof (uint64_t));
+  if (rec.protected_tables == NULL) {
+    nbdkit_error ("%s: calloc: %m", sc->path);
+    return -1;
+  }
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    if (sc->bitmaps[i]->tracked)
+      rec.protected_tables[rec.nr_protected++] = entries[i].table_offset;
+  data = malloc (qcow2_journal_ext_size (rec.nr_protected));
+  if (data == NULL) {
+    nbdkit_error ("%s: malloc: %m", sc->path);
+    goto out;
+  }
+  qcow2_journal_ext_encode (&rec, data);
+  r = set_extension (sc, QCOW2_EXT_JOURNAL, data,
+                     qcow2_journal_ext_size (rec.nr_protected));
+
+ out:
+  free (data);
+  free (rec.protected_tables);
+  return r;
+}
+
+static int
+release_journal (struct sidecar *sc, struct sidecar_bitmap **journal)
+{
+  int r = 0;
+
+  if (*journal && (*journal)->table)
+    r = release_bitmap_clusters (sc, &(*journal)->entry, (*journal)->table);
+  bitmap_free (*journal);
+  *journal = NULL;
+  return r;
+}
+
 /* Copy-on-write update of the bitmaps, as QEMU stores them.  BEGIN
- * writes new bitmaps (empty) and sets IN_USE on every tracked one;
- * STORE writes every tracked bitmap's data and clears IN_USE.  Nothing
- * already on disk is overwritten before the header commit.
+ * writes new bitmaps (empty) and modified ones, sets IN_USE on every
+ * tracked one and, with journal_bits set, writes the journal and its
+ * record.  STORE writes every tracked or modified bitmap's data,
+ * clears IN_USE and drops the journal.  Nothing already on disk is
+ * overwritten before the header commit.
  */
 static int
 commit (struct sidecar *sc, enum commit_mode mode)
 {
+  const bool with_journal = mode == COMMIT_BEGIN && sc->journal_bits != 0;
   struct qcow2_bitmap_entry *entries = NULL;
   uint64_t **new_tables = NULL;
+  struct sidecar_bitmap *journal = NULL;
   struct qcow2_bitmaps_ext ext;
+  uint8_t ext_data[QCOW2_BITMAP_EXT_SIZE];
   uint64_t dir_padded, old_dir_offset = sc->dir_offset;
   uint64_t old_dir_size = sc->dir_size;
   bool old_dir_valid = sc->dir_size > 0;
+  size_t nr_entries = sc->nr_bitmaps;
   uint8_t *dir = NULL;
   size_t i;
   bool header_written = false;
+  struct stat st;
   int r = -1;
 
   sc->nr_allocations = 0;
+  if (fstat (sc->fd, &st) == -1) {
+    nbdkit_error ("%s: fstat: %m", sc->path);
+    return -1;
+  }
   entries = current_entries (sc);
-  new_tables = calloc (sc->nr_bitmaps, sizeof *new_tables);
+  new_tables = calloc (sc->nr_bitmaps + 1, sizeof *new_tables);
   if (!entries || !new_tables) {
     nbdkit_error ("%s: calloc: %m", sc->path);
     goto out;
   }
   for (i = 0; i < sc->nr_bitmaps; ++i) {
     struct sidecar_bitmap *bm = sc->bitmaps[i];
+    bool store_data = bm->modified || (mode == COMMIT_STORE && bm->tracked);
 
-    if (!bm->tracked)
-      continue;
-    if (mode == COMMIT_STORE || !bm->on_disk) {
-      if (write_bitmap (sc, bm, mode == COMMIT_STORE, &entries[i],
-                        &new_tables[i]) == -1)
+    if (store_data || !bm->on_disk) {
+      /* A reset bitmap's old table may have had any size. */
+      entries[i].table_size =
+        qcow2_bitmap_table_size (sc->header.size,
+                                 bm->entry.granularity_bits,
+                                 sc->header.cluster_bits);
+      if (write_bitmap (sc, bm, store_data ? DATA_STORED : DATA_NONE,
+                        &entries[i], &new_tables[i]) == -1)
         goto out;
     }
-    if (mode == COMMIT_STORE)
-      entries[i].flags = (entries[i].flags & ~QCOW2_BITMAP_FLAG_IN_USE)
-        | QCOW2_BITMAP_FLAG_AUTO;
-    else
+    if (mode == COMMIT_BEGIN && bm->tracked)
       entries[i].flags |= QCOW2_BITMAP_FLAG_IN_USE;
+    else if (store_data)
+      entries[i].flags &= ~QCOW2_BITMAP_FLAG_IN_USE;
   }
+  if (with_journal) {
+    journal = new_journal (sc);
+    if (journal == NULL ||
+        write_bitmap (sc, journal, DATA_PREALLOCATED, &journal->entry,
+                      &journal->table) == -1 ||
+        set_journal_record (sc, journal, entries) == -1)
+      goto out;
+    entries[nr_entries++] = journal->entry;
+  }
+  else if (set_extension (sc, QCOW2_EXT_JOURNAL, NULL, 0) == -1)
+    goto out;
 
-  ext.nb_bitmaps = sc->nr_bitmaps;
-  ext.directory_size = directory_size (sc);
+  ext.nb_bitmaps = nr_entries;
+  ext.directory_size = directory_size (entries, nr_entries);
   dir_padded = DIV_ROUND_UP (ext.directory_size, sc->cluster_size)
     * sc->cluster_size;
-  dir = encode_directory (sc, entries, dir_padded);
-  if (dir == NULL)
-    goto out;
-  ext.directory_offset = write_new_clusters (sc, "bitmap directory", dir,
-                                             ext.directory_size);
-  if (ext.directory_offset == 0)
+  if (nr_entries > 0) {
+    dir = encode_directory (sc, entries, nr_entries, dir_padded);
+    if (dir == NULL)
+      goto out;
+    ext.directory_offset = write_new_clusters (sc, "bitmap directory", dir,
+                                               ext.directory_size);
+    if (ext.directory_offset == 0)
+      goto out;
+    qcow2_bitmaps_ext_encode (&ext, ext_data);
+  }
+  if (set_extension (sc, QCOW2_EXT_BITMAPS, nr_entries ? ext_data : NULL,
+                     sizeof ext_data) == -1)
     goto out;
 
   if (refcounts_write (&sc->refcounts) == -1 ||
       sync_data (sc->fd, sc->path, "bitmaps") == -1)
     goto out;
   sc->header.autoclear_features =
-    (sc->header.autoclear_features & QCOW2_AUTOCLEAR_KNOWN)
-    | QCOW2_AUTOCLEAR_BITMAPS;
+    (sc->header.autoclear_features & QCOW2_AUTOCLEAR_KNOWN
+     & ~QCOW2_AUTOCLEAR_BITMAPS)
+    | (nr_entries ? QCOW2_AUTOCLEAR_BITMAPS : 0)
+    | (with_journal ? QCOW2_AUTOCLEAR_JOURNAL : 0);
   /* Once the header write is issued the commit may have happened:
    * from here on a failure may leak clusters, never free one that is
    * still referenced.
    */
   header_written = true;
-  if (write_header (sc, &ext) == -1 ||
+  if (write_header (sc) == -1 ||
       sync_data (sc->fd, sc->path, "header") == -1)
     goto out;
 
   /* Committed: the old clusters are no longer referenced. */
-  sc->dir_offset = ext.directory_offset;
-  sc->dir_size = ext.directory_size;
+  sc->dir_offset = nr_entries ? ext.directory_offset : 0;
+  sc->dir_size = nr_entries ? ext.directory_size : 0;
   for (i = 0; i < sc->nr_bitmaps; ++i) {
     struct sidecar_bitmap *bm = sc->bitmaps[i];
 
     if (new_tables[i]) {
-      if (bm->on_disk &&
+      if (bm->on_disk && bm->table &&
           release_bitmap_clusters (sc, &bm->entry, bm->table) == -1)
         goto out;
       free (bm->table);
@@ -1053,7 +1342,13 @@ commit (struct sidecar *sc, enum commit_mode mode)
     }
     bm->entry = entries[i];
     bm->on_disk = true;
+    bm->modified = false;
   }
+  if (release_journal (sc, &sc->old_journal) == -1 ||
+      release_journal (sc, &sc->journal) == -1)
+    goto out;
+  sc->journal = journal;
+  journal = NULL;
   if (old_dir_valid &&
       refcounts_release (&sc->refcounts, old_dir_offset,
                          DIV_ROUND_UP (old_dir_size, sc->cluster_size)) == -1)
@@ -1064,13 +1359,20 @@ commit (struct sidecar *sc, enum commit_mode mode)
   r = 0;
 
  out:
-  if (r == -1 && !header_written)
+  if (r == -1 && !header_written) {
     undo_allocations (sc);
+    /* Nothing references what was appended: give the file back its
+     * size, so that a failed commit leaves it as it was.
+     */
+    if (ftruncate (sc->fd, st.st_size) == -1)
+      nbdkit_debug ("%s: ftruncate: %m", sc->path);
+  }
   sc->nr_allocations = 0;
   if (new_tables)
     for (i = 0; i < sc->nr_bitmaps; ++i)
       free (new_tables[i]);
   free (new_tables);
+  bitmap_free (journal);
   free (entries);
   free (dir);
   return r;
@@ -1086,7 +1388,7 @@ write_directory_in_place (struct sidecar *sc)
 
   if (entries == NULL)
     return -1;
-  dir = encode_directory (sc, entries, sc->dir_size);
+  dir = encode_directory (sc, entries, sc->nr_bitmaps, sc->dir_size);
   free (entries);
   if (dir == NULL)
     return -1;
@@ -1135,12 +1437,50 @@ mark_in_use_in_place (struct sidecar *sc)
 }
 
 int
+sidecar_reset_bitmap (struct sidecar *sc, struct sidecar_bitmap *bm)
+{
+  uint64_t granules = sidecar_bitmap_granules (sc, bm);
+
+  if (!bm->inconsistent)
+    return 0;
+  if (bm->table == NULL) {
+    nbdkit_error ("%s: bitmap '%s': its table was not loaded, so it cannot "
+                  "be reset", sc->path, bm->entry.name);
+    return -1;
+  }
+  if (qcow2_bitmap_size_check (sc->path, bm->entry.name, sc->header.size,
+                               bm->entry.granularity_bits,
+                               sc->header.cluster_bits) == -1)
+    return -1;
+  bm->data = dirtymap_new (granules);
+  if (bm->data == NULL || dirtymap_set_range (bm->data, 0, granules) == -1)
+    return -1;
+  bm->inconsistent = false;
+  bm->modified = true;
+  return 0;
+}
+
+static bool
+any_modified (const struct sidecar *sc)
+{
+  size_t i;
+
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    if (sc->bitmaps[i]->modified)
+      return true;
+  return false;
+}
+
+int
 sidecar_begin_tracking (struct sidecar *sc)
 {
   bool any = false, in_place;
   size_t i;
 
-  in_place = sc->dir_size > 0;
+  /* QEMU's in-place flagging, when there is nothing else to write. */
+  in_place = sc->dir_size > 0 && sc->journal_bits == 0 &&
+    sc->old_journal == NULL && find_extension (sc, QCOW2_EXT_JOURNAL) == NULL
+    && !any_modified (sc);
   for (i = 0; i < sc->nr_bitmaps; ++i) {
     if (!sc->bitmaps[i]->tracked)
       continue;
@@ -1165,5 +1505,7 @@ sidecar_store (struct sidecar *sc)
   for (i = 0; i < sc->nr_bitmaps; ++i)
     if (sc->bitmaps[i]->tracked)
       return commit (sc, COMMIT_STORE);
+  if (any_modified (sc) || sc->journal || sc->old_journal)
+    return commit (sc, COMMIT_STORE);
   return 0;
 }

@@ -7,6 +7,13 @@
  * add new ones); sidecar_begin_tracking flags them IN_USE on disk;
  * sidecar_store writes their data and clears IN_USE.  Everything else
  * in the file is kept as it was.
+ *
+ * Crash safety: with journal_bits set, sidecar_begin_tracking also
+ * writes a journal (an in-use, disabled bitmap QEMU counts but never
+ * reads, preallocated so that it is updated in place) and a record
+ * naming the bitmaps it protects.  A protected bitmap is its stored
+ * data plus the journal's marks, so sidecar_open rebuilds it after a
+ * crash, and the next commit stores it.
  */
 #ifndef DIRTYBITMAP_SIDECAR_H
 #define DIRTYBITMAP_SIDECAR_H
@@ -24,6 +31,9 @@ struct sidecar_bitmap {
   bool inconsistent;          /* IN_USE when opened: data not trusted */
   bool on_disk;               /* false for a bitmap added this session */
   bool tracked;               /* records writes: set by the caller */
+  bool modified;              /* data differs from disk: written at the
+                                 next commit (recovered, or reset) */
+  bool recovered;             /* rebuilt from the journal at open */
   uint64_t *table;            /* data cluster offsets, if loaded */
   bool *all_ones;             /* table entries that read as all ones */
   struct dirtymap *data;      /* NULL for an inconsistent bitmap */
@@ -39,13 +49,20 @@ struct sidecar {
   uint8_t *header_raw;        /* header_length bytes, unknown fields kept */
   struct qcow2_extension *exts;
   size_t nr_exts;
-  int bitmaps_ext;            /* index in exts, or -1 */
   uint8_t *backing_name;
   size_t header_area;         /* bytes of cluster 0 in use on disk */
   uint64_t dir_offset;
   uint64_t dir_size;
   struct sidecar_bitmap **bitmaps;
   size_t nr_bitmaps;
+  unsigned journal_bits;      /* set by the caller before
+                                 sidecar_begin_tracking: granularity of
+                                 the journal, 0 for none */
+  struct sidecar_bitmap *journal;     /* this session's, once begun */
+  struct sidecar_bitmap *old_journal; /* found on disk: dropped at the
+                                         next commit */
+  const char *journal_distrust;       /* why a journal record found on
+                                         disk is not trusted, or NULL */
   struct refcounts refcounts;
   struct sidecar_allocation {   /* clusters allocated by the store */
     uint64_t offset, clusters;  /* under way, to undo if it fails */
@@ -65,10 +82,18 @@ extern int sidecar_check_creatable (const char *path, uint64_t virtual_size);
  */
 extern int sidecar_create (const char *path, uint64_t virtual_size);
 
+/* Flags of sidecar_open. */
+#define SIDECAR_WRITABLE    1
+#define SIDECAR_LOAD_IN_USE 2   /* also load the tables of in-use bitmaps
+                                   that cannot be recovered, so that
+                                   sidecar_reset_bitmap can free them */
+
 /* Open and validate PATH; NULL after nbdkit_error.  Opening for
  * writing refuses a sidecar whose dirty (lazy refcounts) bit is set.
+ * Protected bitmaps left in use by a crash come back consistent, with
+ * recovered and modified set.
  */
-extern struct sidecar *sidecar_open (const char *path, bool writable);
+extern struct sidecar *sidecar_open (const char *path, unsigned flags);
 extern void sidecar_close (struct sidecar *sc);
 
 extern struct sidecar_bitmap *sidecar_find (struct sidecar *sc,
@@ -82,19 +107,27 @@ extern struct sidecar_bitmap *sidecar_add_bitmap (struct sidecar *sc,
                                                   const char *name,
                                                   unsigned granularity_bits);
 
+/* Make an in-use bitmap that cannot be recovered all dirty and
+ * consistent, to be stored at the next commit (needs
+ * SIDECAR_LOAD_IN_USE).
+ */
+extern int sidecar_reset_bitmap (struct sidecar *sc,
+                                 struct sidecar_bitmap *bm);
+
 /* Number of granules of a bitmap: its data's size in bits. */
 extern uint64_t sidecar_bitmap_granules (const struct sidecar *sc,
                                          const struct sidecar_bitmap *bm);
 
 /* Flag every tracked bitmap IN_USE on disk, flushed, before any write
- * is let through; new bitmaps are written with it.
+ * is let through; new bitmaps are written with it, modified ones are
+ * stored first, and the journal is created if journal_bits is set.
  */
 extern int sidecar_begin_tracking (struct sidecar *sc);
 
-/* Store every tracked bitmap's data, clearing IN_USE and keeping AUTO.
- * New clusters are written and flushed, the header is rewritten as the
- * commit point, then the old clusters are freed.  On failure the
- * bitmaps stay IN_USE on disk.
+/* Store every tracked or modified bitmap's data, clearing IN_USE and
+ * dropping the journal.  New clusters are written and flushed, the
+ * header is rewritten as the commit point, then the old clusters are
+ * freed.  On failure the bitmaps stay IN_USE on disk (and protected).
  */
 extern int sidecar_store (struct sidecar *sc);
 

@@ -10,6 +10,7 @@
 #include <nbdkit-filter.h>
 
 #include "dirtymap.h"
+#include "journal.h"
 #include "qcow2-format.h"
 #include "sidecar.h"
 #include "tracker.h"
@@ -27,6 +28,7 @@ struct tracker {
                                    from start-up until tracking starts */
   struct dirtymap *recording;   /* every write since start */
   unsigned recording_bits;      /* its granularity, log2 bytes */
+  struct journal *journal;      /* durable marks, with crash safety */
 };
 
 void
@@ -34,6 +36,8 @@ tracker_config_init (struct tracker_config *cfg)
 {
   memset (cfg, 0, sizeof *cfg);
   cfg->granularity_bits = TRACKER_DEFAULT_GRANULARITY_BITS;
+  cfg->crash_safe = true;
+  cfg->in_use_policy = IN_USE_KEEP;
 }
 
 void
@@ -76,6 +80,11 @@ tracker_config_add_name (struct tracker_config *cfg, const char *name)
 
   if (qcow2_bitmap_name_check (name, "dirtybitmap=") == -1)
     return -1;
+  if (strcmp (name, QCOW2_JOURNAL_NAME) == 0) {
+    nbdkit_error ("dirtybitmap=%s: that name is reserved for the filter's "
+                  "crash-safety journal; choose another", name);
+    return -1;
+  }
   for (i = 0; i < cfg->nr_names; ++i) {
     if (strcmp (cfg->names[i], name) == 0) {
       nbdkit_error ("dirtybitmap=%s: bitmap named twice", name);
@@ -97,20 +106,55 @@ tracker_config_add_name (struct tracker_config *cfg, const char *name)
   return 0;
 }
 
-int
-tracker_config_set_granularity (struct tracker_config *cfg,
-                                int64_t granularity)
+static int
+granularity_bits (const char *key, int64_t granularity, const char *example,
+                  unsigned *bits)
 {
   const int64_t min = INT64_C(1) << QCOW2_BITMAP_MIN_GRAN_BITS;
   const int64_t max = INT64_C(1) << QCOW2_BITMAP_MAX_GRAN_BITS;
 
   if (granularity < min || granularity > max ||
       (granularity & (granularity - 1)) != 0) {
-    nbdkit_error ("dirtybitmap-granularity=%" PRIi64 ": must be a power of "
-                  "two from 512 to 2G (for example 64K)", granularity);
+    nbdkit_error ("%s=%" PRIi64 ": must be a power of two from 512 to 2G "
+                  "(for example %s)", key, granularity, example);
     return -1;
   }
-  cfg->granularity_bits = __builtin_ctzll (granularity);
+  *bits = __builtin_ctzll (granularity);
+  return 0;
+}
+
+int
+tracker_config_set_granularity (struct tracker_config *cfg,
+                                int64_t granularity)
+{
+  return granularity_bits ("dirtybitmap-granularity", granularity, "64K",
+                           &cfg->granularity_bits);
+}
+
+int
+tracker_config_set_crash_granularity (struct tracker_config *cfg,
+                                      int64_t granularity)
+{
+  return granularity_bits ("dirtybitmap-crash-granularity", granularity,
+                           "1M", &cfg->crash_granularity_bits);
+}
+
+int
+tracker_config_set_in_use_policy (struct tracker_config *cfg,
+                                  const char *policy)
+{
+  if (strcmp (policy, "keep") == 0)
+    cfg->in_use_policy = IN_USE_KEEP;
+  else if (strcmp (policy, "refuse") == 0)
+    cfg->in_use_policy = IN_USE_REFUSE;
+  else if (strcmp (policy, "reset") == 0)
+    cfg->in_use_policy = IN_USE_RESET;
+  else {
+    nbdkit_error ("dirtybitmap-in-use=%s: must be keep (leave such bitmaps "
+                  "in use, as QEMU does), refuse (do not start) or reset "
+                  "(make them all dirty and track them)", policy);
+    return -1;
+  }
   return 0;
 }
 
@@ -144,6 +188,7 @@ tracker_free (struct tracker *t)
 {
   if (t == NULL)
     return;
+  journal_free (t->journal);
   sidecar_close (t->sidecar);
   sidecar_close (t->validated);
   dirtymap_free (t->recording);
@@ -161,6 +206,64 @@ is_named (const struct tracker_config *cfg, const char *name)
     if (strcmp (cfg->names[i], name) == 0)
       return true;
   return false;
+}
+
+static const char *
+why_in_use (const struct sidecar *sc)
+{
+  return sc->journal_distrust ? sc->journal_distrust
+    : "it was not protected by this filter's journal";
+}
+
+/* A bitmap left in use that the journal cannot rebuild: apply the
+ * policy.  Returns 1 if it will record writes, 0 if not, -1 to refuse.
+ */
+static int
+in_use_bitmap (struct tracker *t, struct sidecar *sc,
+               struct sidecar_bitmap *bm, bool add)
+{
+  const struct tracker_config *cfg = t->cfg;
+  const char *name = bm->entry.name;
+  bool enabled = (bm->entry.flags & QCOW2_BITMAP_FLAG_AUTO) != 0;
+
+  switch (cfg->in_use_policy) {
+  case IN_USE_REFUSE:
+    nbdkit_error ("%s: bitmap '%s' is marked in use and cannot be recovered "
+                  "(%s), so it may miss writes; dirtybitmap-in-use=refuse "
+                  "stops here.  Take a full backup, then remove it with "
+                  "'qemu-img bitmap --remove %s %s', or start with "
+                  "dirtybitmap-in-use=reset to make it all dirty and go on "
+                  "tracking", sc->path, name, why_in_use (sc), sc->path,
+                  name);
+    return -1;
+  case IN_USE_RESET:
+    if (!add)
+      return enabled;
+    if (sidecar_reset_bitmap (sc, bm) == -1)
+      return -1;
+    nbdkit_error ("warning: %s: bitmap '%s' was marked in use and could not "
+                  "be recovered (%s): it is reset to all dirty%s, so the "
+                  "next incremental backup from it copies the whole disk",
+                  sc->path, name, why_in_use (sc),
+                  enabled ? " and records writes again" : "");
+    bm->tracked = enabled;
+    return enabled;
+  case IN_USE_KEEP:
+    /* Not an error: QEMU keeps such bitmaps too, and the others can
+     * still be tracked.  Reported once, at the first look.
+     */
+    if (!t->warned_in_use)
+      nbdkit_error ("warning: %s: bitmap '%s' is marked in use and cannot "
+                    "be recovered (%s): it may miss writes, so it is neither "
+                    "loaded nor tracked and stays in use.  Remove it with "
+                    "'qemu-img bitmap --remove %s %s' and take a full "
+                    "backup%s, or start with dirtybitmap-in-use=reset",
+                    sc->path, name, why_in_use (sc), sc->path, name,
+                    is_named (cfg, name)
+                    ? ", then restart to create it afresh" : "");
+    return 0;
+  }
+  abort ();
 }
 
 /* Decide which bitmaps record writes.  With ADD false nothing changes:
@@ -202,21 +305,16 @@ select_bitmaps (struct tracker *t, struct sidecar *sc, bool add)
     struct sidecar_bitmap *bm = sc->bitmaps[i];
 
     if (bm->inconsistent) {
-      /* Not an error: QEMU keeps such bitmaps too, and the others can
-       * still be tracked.  Reported once, at the first look.
-       */
-      if (!t->warned_in_use)
-        nbdkit_error ("warning: %s: bitmap '%s' is marked in use: it was "
-                      "not stored cleanly (its last writer crashed or is "
-                      "still running), so it may miss writes and is neither "
-                      "loaded nor tracked; it stays in use.  Remove it with "
-                      "'qemu-img bitmap --remove %s %s' and take a full "
-                      "backup%s", sc->path, bm->entry.name, sc->path,
-                      bm->entry.name,
-                      is_named (cfg, bm->entry.name)
-                      ? ", then restart to create it afresh" : "");
+      int r = in_use_bitmap (t, sc, bm, add);
+      if (r == -1)
+        return -1;
+      tracked += r;
       continue;
     }
+    if (bm->recovered && !t->warned_in_use)
+      nbdkit_debug ("dirtybitmap: %s: bitmap '%s' was left in use by a "
+                    "crash and is rebuilt from the journal", sc->path,
+                    bm->entry.name);
     bm->tracked = (bm->entry.flags & QCOW2_BITMAP_FLAG_AUTO) != 0;
     tracked += bm->tracked;
   }
@@ -243,6 +341,65 @@ check_size (const char *path, uint64_t sidecar_size, uint64_t export_size)
     return -1;
   }
   return 0;
+}
+
+static unsigned
+open_flags (const struct tracker_config *cfg)
+{
+  return cfg->in_use_policy == IN_USE_RESET ? SIDECAR_LOAD_IN_USE : 0;
+}
+
+/* Granularity of the durable marks for a disk of VIRTUAL_SIZE bytes
+ * whose finest tracked bitmap has granules of 1 << FINEST bytes;
+ * 0 after nbdkit_error.
+ */
+static unsigned
+journal_bits (const struct tracker_config *cfg, const char *path,
+              uint64_t virtual_size, unsigned finest, unsigned cluster_bits)
+{
+  unsigned bits = cfg->crash_granularity_bits
+    ? cfg->crash_granularity_bits : TRACKER_DEFAULT_CRASH_GRANULARITY_BITS;
+  uint64_t max_bytes = cfg->crash_granularity_bits
+    ? TRACKER_JOURNAL_MAX_BYTES : TRACKER_DEFAULT_JOURNAL_MAX_BYTES;
+
+  /* Finer than every bitmap would cost commits and buy nothing. */
+  if (bits < finest)
+    bits = finest;
+  while (!cfg->crash_granularity_bits &&
+         qcow2_blocks_covering (virtual_size, bits) / 8 > max_bytes &&
+         bits < QCOW2_BITMAP_MAX_GRAN_BITS)
+    bits++;
+  if (qcow2_blocks_covering (virtual_size, bits) / 8 > max_bytes) {
+    nbdkit_error ("dirtybitmap-crash-granularity=%" PRIu64 ": the journal "
+                  "of a %" PRIu64 "-byte disk would take more than %" PRIu64
+                  " MiB; choose a coarser granularity, or leave the "
+                  "parameter out to get one that fits",
+                  UINT64_C(1) << bits, virtual_size, max_bytes >> 20);
+    return 0;
+  }
+  if (qcow2_bitmap_size_check (path, QCOW2_JOURNAL_NAME, virtual_size, bits,
+                               cluster_bits) == -1)
+    return 0;
+  return bits;
+}
+
+static unsigned
+finest_granularity (const struct tracker_config *cfg, const struct sidecar *sc)
+{
+  unsigned finest = QCOW2_BITMAP_MAX_GRAN_BITS;
+  size_t i;
+
+  if (sc == NULL)
+    return cfg->granularity_bits;
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    if (sc->bitmaps[i]->tracked &&
+        sc->bitmaps[i]->entry.granularity_bits < finest)
+      finest = sc->bitmaps[i]->entry.granularity_bits;
+  for (i = 0; i < cfg->nr_names; ++i)
+    if (sidecar_find ((struct sidecar *) sc, cfg->names[i]) == NULL &&
+        cfg->granularity_bits < finest)
+      finest = cfg->granularity_bits;
+  return finest;
 }
 
 int
@@ -274,14 +431,24 @@ tracker_validate (struct tracker *t, uint64_t export_size)
                                    t->cfg->granularity_bits,
                                    SIDECAR_NEW_CLUSTER_BITS) == -1)
         return -1;
+    if (t->cfg->crash_safe &&
+        journal_bits (t->cfg, path, qcow2_virtual_size_for (export_size),
+                      t->cfg->granularity_bits, SIDECAR_NEW_CLUSTER_BITS)
+        == 0)
+      return -1;
     return 0;
   }
-  sc = sidecar_open (path, false);
+  sc = sidecar_open (path, open_flags (t->cfg));
   if (sc == NULL)
     return -1;
   r = check_size (path, sc->header.size, export_size);
   if (r == 0)
     r = select_bitmaps (t, sc, false) >= 0 ? 0 : -1;
+  if (r == 0 && t->cfg->crash_safe &&
+      journal_bits (t->cfg, path, sc->header.size,
+                    finest_granularity (t->cfg, sc), sc->header.cluster_bits)
+      == 0)
+    r = -1;
   if (r == -1) {
     sidecar_close (sc);
     return -1;
@@ -323,7 +490,7 @@ start_locked (struct tracker *t, uint64_t export_size)
 {
   const char *path = t->cfg->sidecar_path;
   struct sidecar *sc;
-  unsigned finest = QCOW2_BITMAP_MAX_GRAN_BITS;
+  unsigned finest;
   size_t i;
 
   /* Our own read locks would make the writable open see a reader. */
@@ -332,17 +499,32 @@ start_locked (struct tracker *t, uint64_t export_size)
   if (access (path, F_OK) == -1 && errno == ENOENT &&
       sidecar_create (path, qcow2_virtual_size_for (export_size)) == -1)
     return -1;
-  sc = sidecar_open (path, true);
+  sc = sidecar_open (path, SIDECAR_WRITABLE | open_flags (t->cfg));
   if (sc == NULL)
     return -1;
   if (check_size (path, sc->header.size, export_size) == -1 ||
-      select_bitmaps (t, sc, true) == -1 ||
-      sidecar_begin_tracking (sc) == -1)
+      select_bitmaps (t, sc, true) == -1)
     goto err;
+  finest = finest_granularity (t->cfg, sc);
+  if (t->cfg->crash_safe) {
+    sc->journal_bits = journal_bits (t->cfg, path, sc->header.size, finest,
+                                     sc->header.cluster_bits);
+    if (sc->journal_bits == 0)
+      goto err;
+  }
+  if (sidecar_begin_tracking (sc) == -1)
+    goto err;
+  if (sc->journal) {
+    t->journal = journal_new (sc->fd, path, sc->journal_bits,
+                              qcow2_blocks_covering (sc->header.size,
+                                                     sc->journal_bits),
+                              sc->journal->table, sc->cluster_size);
+    if (t->journal == NULL)
+      goto err;
+    nbdkit_debug ("dirtybitmap: crash-safe: marks are made durable in "
+                  "regions of %" PRIu64 " bytes", UINT64_C(1) << sc->journal_bits);
+  }
 
-  for (i = 0; i < sc->nr_bitmaps; ++i)
-    if (sc->bitmaps[i]->tracked && sc->bitmaps[i]->entry.granularity_bits < finest)
-      finest = sc->bitmaps[i]->entry.granularity_bits;
   t->recording_bits = finest;
   t->recording = dirtymap_new (qcow2_blocks_covering (export_size, finest));
   if (t->recording == NULL)
@@ -399,8 +581,11 @@ tracker_mark (struct tracker *t, uint64_t offset, uint64_t count)
     return 0;
   first = offset >> t->recording_bits;
   last = (offset + count - 1) >> t->recording_bits;
-  return dirtymap_set_range (t->recording, first, last - first + 1) == -1
-    ? -1 : 0;
+  if (dirtymap_set_range (t->recording, first, last - first + 1) == -1)
+    return ENOMEM;
+  if (t->journal && journal_mark (t->journal, offset, count) == -1)
+    return EIO;
+  return 0;
 }
 
 bool
@@ -418,6 +603,14 @@ tracker_stop (struct tracker *t)
 
   if (!t->started)
     return 0;
+  if (t->journal) {
+    struct journal_stats st;
+
+    journal_get_stats (t->journal, &st);
+    nbdkit_debug ("dirtybitmap: journal: %" PRIu64 " commits (fdatasync), %"
+                  PRIu64 " pages written, %" PRIu64 " requests waited",
+                  st.commits, st.pages_written, st.waits);
+  }
   for (i = 0; i < sc->nr_bitmaps; ++i) {
     struct sidecar_bitmap *bm = sc->bitmaps[i];
     if (bm->tracked &&
@@ -431,13 +624,21 @@ tracker_stop (struct tracker *t)
     nbdkit_debug ("dirtybitmap: stored the bitmaps in %s", sc->path);
   else {
     t->failed = true;
-    nbdkit_error ("%s: the bitmaps could not be stored, so they stay "
-                  "marked in use and no tool will trust them; the writes "
-                  "made since nbdkit started are recorded nowhere else: "
-                  "take a full backup, then remove the bitmaps with "
-                  "'qemu-img bitmap --remove' and reclaim the space with "
-                  "'qemu-img check -r leaks'", sc->path);
+    if (sc->journal)
+      nbdkit_error ("%s: the bitmaps could not be stored, so they stay "
+                    "marked in use; the journal still protects them: start "
+                    "nbdkit with this sidecar again, once the disk is "
+                    "healthy, to rebuild and store them", sc->path);
+    else
+      nbdkit_error ("%s: the bitmaps could not be stored, so they stay "
+                    "marked in use and no tool will trust them; the writes "
+                    "made since nbdkit started are recorded nowhere else: "
+                    "take a full backup, then remove the bitmaps with "
+                    "'qemu-img bitmap --remove' and reclaim the space with "
+                    "'qemu-img check -r leaks'", sc->path);
   }
+  journal_free (t->journal);
+  t->journal = NULL;
   sidecar_close (sc);
   t->sidecar = NULL;
   t->started = false;

@@ -14,11 +14,30 @@
 
 #define TRACKER_DEFAULT_GRANULARITY_BITS 16
 
+/* The durable marks of crash safety: 1 MiB regions by default, made
+ * coarser on disks so large that the journal would pass 1 MiB; never
+ * finer than the finest tracked bitmap needs.  An explicit
+ * granularity may make a journal of up to 64 MiB.
+ */
+#define TRACKER_DEFAULT_CRASH_GRANULARITY_BITS 20
+#define TRACKER_DEFAULT_JOURNAL_MAX_BYTES (UINT64_C(1) << 20)
+#define TRACKER_JOURNAL_MAX_BYTES (UINT64_C(64) << 20)
+
+/* What to do with a bitmap left in use that cannot be recovered. */
+enum tracker_in_use_policy {
+  IN_USE_KEEP,                  /* leave it in use, as QEMU does */
+  IN_USE_REFUSE,                /* refuse to start */
+  IN_USE_RESET,                 /* make it all dirty and track it */
+};
+
 struct tracker_config {
   char *sidecar_path;
   char **names;                 /* dirtybitmap=NAME, in order */
   size_t nr_names;
   unsigned granularity_bits;    /* for bitmaps the filter creates */
+  bool crash_safe;
+  unsigned crash_granularity_bits;  /* 0: the default */
+  enum tracker_in_use_policy in_use_policy;
 };
 
 extern void tracker_config_init (struct tracker_config *cfg);
@@ -30,6 +49,11 @@ extern int tracker_config_add_name (struct tracker_config *cfg,
 /* GRANULARITY in bytes, as parsed from the command line. */
 extern int tracker_config_set_granularity (struct tracker_config *cfg,
                                            int64_t granularity);
+extern int tracker_config_set_crash_granularity (struct tracker_config *cfg,
+                                                 int64_t granularity);
+/* keep, refuse or reset. */
+extern int tracker_config_set_in_use_policy (struct tracker_config *cfg,
+                                             const char *policy);
 /* All required parameters are there. */
 extern int tracker_config_check (const struct tracker_config *cfg);
 
@@ -56,9 +80,11 @@ extern int tracker_claim_export (struct tracker *t, const char *exportname);
  */
 extern int tracker_start (struct tracker *t, uint64_t export_size);
 
-/* Mark the granules that [OFFSET, OFFSET + COUNT) touches.  Lock-free;
- * returns -1 (with nbdkit_error) only if memory ran out, in which case
- * the request must not reach the plugin.
+/* Mark the granules that [OFFSET, OFFSET + COUNT) touches, and with
+ * crash safety wait until the region is durable as dirty.  Lock-free
+ * once it is.  Returns 0, or an errno value (with nbdkit_error) for
+ * the request, which must then not reach the plugin: ENOMEM if memory
+ * ran out, EIO if the mark could not be made durable.
  */
 extern int tracker_mark (struct tracker *t, uint64_t offset, uint64_t count);
 

@@ -1,0 +1,49 @@
+/* Commit before write: a write may reach the plugin only once the
+ * region it touches is marked dirty on stable storage, so that a crash
+ * at any instant loses no mark (dm-era's rule).
+ *
+ * The marks are bits of a coarse bitmap whose data lives in clusters
+ * preallocated in the sidecar and is rewritten in place.  A request
+ * whose regions are durable already costs one lock-free test.  Others
+ * set their bits in memory and wait for a commit: one thread at a time
+ * writes every changed page of the bitmap and calls fdatasync, and all
+ * the requests whose bits it wrote go on together (group commit).
+ * Bits only ever get set, so a torn page write still holds every bit
+ * that an earlier commit made durable.
+ */
+#ifndef DIRTYBITMAP_JOURNAL_H
+#define DIRTYBITMAP_JOURNAL_H
+
+#include <stdint.h>
+
+struct journal;
+
+struct journal_stats {
+  uint64_t commits;             /* fdatasync calls */
+  uint64_t pages_written;
+  uint64_t waits;               /* requests that waited for a commit */
+};
+
+/* A journal of NR_BITS bits of 1 << GRANULARITY_BITS bytes each,
+ * stored in the clusters at CLUSTERS (CLUSTER_SIZE bytes each, enough
+ * for NR_BITS bits) of the file FD names PATH, all zero on disk.  NULL
+ * after nbdkit_error.
+ */
+extern struct journal *journal_new (int fd, const char *path,
+                                    unsigned granularity_bits,
+                                    uint64_t nr_bits,
+                                    const uint64_t *clusters,
+                                    uint64_t cluster_size);
+extern void journal_free (struct journal *j);
+
+/* Make [OFFSET, OFFSET + COUNT) durable as dirty before returning 0.
+ * Thread-safe.  Returns -1 after nbdkit_error if the marks could not
+ * be written or flushed; after a failed flush nothing more is trusted
+ * to reach the disk, so every later request that needs a commit fails
+ * too.
+ */
+extern int journal_mark (struct journal *j, uint64_t offset, uint64_t count);
+
+extern void journal_get_stats (struct journal *j, struct journal_stats *s);
+
+#endif /* DIRTYBITMAP_JOURNAL_H */
