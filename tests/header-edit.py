@@ -6,6 +6,7 @@
 #   header-edit.py FILE set FIELD VALUE      overwrite a header field
 #   header-edit.py FILE exts                 print "TYPE LENGTH HEXDATA" lines
 #   header-edit.py FILE add-ext TYPE TEXT    insert an extension before the end
+#   header-edit.py FILE flip-ext TYPE INDEX  invert one byte of an extension
 import struct
 import sys
 
@@ -50,6 +51,11 @@ def main():
             ext += b"\0" * (-len(ext) % 8)
             f.seek(end)
             f.write(ext + struct.pack(">II", 0, 0))
+        elif cmd == "flip-ext":
+            typ, index = int(sys.argv[3], 16), int(sys.argv[4])
+            off = [o for o, t, _, _ in extensions(cluster0) if t == typ][0]
+            f.seek(off + 8 + index)
+            f.write(bytes([cluster0[off + 8 + index] ^ 0xff]))
         else:
             sys.exit("unknown command " + cmd)
 

@@ -76,6 +76,22 @@ refused "error: dirtybitmap-granularity=4294967296: must be a power of two from 
   dirtybitmap-file="$mixed" dirtybitmap=b dirtybitmap-granularity=4G
 unchanged
 
+for g in 1000 256 4G; do
+  refused "error: dirtybitmap-crash-granularity=" \
+    dirtybitmap-file="$missing" dirtybitmap=b dirtybitmap-crash-granularity=$g
+  grep -qF "must be a power of two from 512 to 2G (for example 1M)" \
+    "$tmpdir/err$n" || fail "case $n: no range given"
+  unchanged
+done
+
+refused "error: could not decipher boolean (maybe)" \
+  dirtybitmap-file="$missing" dirtybitmap=b dirtybitmap-crash-safe=maybe
+unchanged
+
+refused "error: dirtybitmap=nbdkit-dirtybitmap-journal: that name is reserved for the filter's crash-safety journal" \
+  dirtybitmap-file="$mixed" dirtybitmap=nbdkit-dirtybitmap-journal
+unchanged
+
 long="$(printf 'n%.0s' $(seq 1024))"
 [ ${#long} -eq 1024 ] || fail "test bug: name is ${#long} bytes"
 refused "error: dirtybitmap=: bitmap name is 1024 bytes long; it must be 1 to 1023 bytes" \

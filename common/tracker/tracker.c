@@ -581,10 +581,13 @@ tracker_mark (struct tracker *t, uint64_t offset, uint64_t count)
     return 0;
   first = offset >> t->recording_bits;
   last = (offset + count - 1) >> t->recording_bits;
-  if (dirtymap_set_range (t->recording, first, last - first + 1) == -1)
-    return ENOMEM;
+  /* Durable first: a request refused for want of its durable mark
+   * never reaches the plugin, so it needs no mark at all.
+   */
   if (t->journal && journal_mark (t->journal, offset, count) == -1)
     return EIO;
+  if (dirtymap_set_range (t->recording, first, last - first + 1) == -1)
+    return ENOMEM;
   return 0;
 }
 
