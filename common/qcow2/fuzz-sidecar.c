@@ -294,6 +294,39 @@ verify (struct sidecar *sc, const struct expect *ex, size_t n, bool stored)
   }
 }
 
+/* A crash after tracking began with a journal: opening the file again
+ * must rebuild every tracked bitmap, and storing must succeed.
+ */
+static void
+crash_and_recover (struct sidecar *sc, const struct expect *ex, size_t n)
+{
+  size_t i;
+
+  sidecar_close (sc);
+  sc = sidecar_open (path, true);
+  if (sc == NULL)
+    fail ("the file no longer loads after a crash with a journal");
+  for (i = 0; i < n; ++i) {
+    struct sidecar_bitmap *bm = sidecar_find (sc, ex[i].name);
+
+    if (bm == NULL)
+      fail ("bitmap '%s' is gone after a crash", ex[i].name);
+    if (ex[i].tracked && (bm->inconsistent || !bm->recovered))
+      fail ("tracked bitmap '%s' was not recovered after a crash",
+            ex[i].name);
+    bm->tracked = ex[i].tracked;
+  }
+  if (sidecar_store (sc) == -1)
+    fail ("storing recovered bitmaps failed");
+  sidecar_close (sc);
+  sc = sidecar_open (path, false);
+  if (sc == NULL)
+    fail ("the file no longer loads after storing recovered bitmaps");
+  if (sidecar_find (sc, QCOW2_JOURNAL_NAME))
+    fail ("the journal is still there after the store");
+  sidecar_close (sc);
+}
+
 /* One session of the filter's life cycle on a file that the loader
  * accepted: open for writing, track, set bits, begin, store, close,
  * then load again and compare.  The first session may add a bitmap.
@@ -353,7 +386,22 @@ one_session (uint64_t h, bool dirty, bool first)
       ex[i].count = dirtymap_count (bm->data);
   }
 
+  /* Sometimes crash-safe: a journal of at most 1 MiB, as the tracker
+   * chooses, and sometimes a crash right after tracking began.
+   */
+  if ((h >> 7) % 3 != 0) {
+    unsigned bits = 9 + (h >> 9) % 23;
+    while (qcow2_blocks_covering (sc->header.size, bits) / 8 > (1 << 20) &&
+           bits < QCOW2_BITMAP_MAX_GRAN_BITS)
+      bits++;
+    sc->journal_bits = bits;
+  }
   began = sidecar_begin_tracking (sc) == 0;
+  if (began && sc->journal && ((h >> 14) & 1)) {
+    crash_and_recover (sc, ex, n);
+    free_expect (ex, n);
+    return false;
+  }
   if (began)
     stored = sidecar_store (sc) == 0;
   if (verbose)

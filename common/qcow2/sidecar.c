@@ -1278,6 +1278,10 @@ commit (struct sidecar *sc, enum commit_mode mode)
       entries[i].flags &= ~QCOW2_BITMAP_FLAG_IN_USE;
   }
   if (with_journal) {
+    if (qcow2_bitmap_size_check (sc->path, QCOW2_JOURNAL_NAME,
+                                 sc->header.size, sc->journal_bits,
+                                 sc->header.cluster_bits) == -1)
+      goto out;
     journal = new_journal (sc);
     if (journal == NULL ||
         write_bitmap (sc, journal, DATA_PREALLOCATED, &journal->entry,
