@@ -673,6 +673,85 @@ recover_bitmaps (struct sidecar *sc)
   return 0;
 }
 
+/* Whether every reference in the file is known to the claims: no
+ * snapshot and no guest data (an all-zero L1 table), as in every
+ * sidecar the filter or "qemu-img create" makes.
+ */
+static bool
+references_all_known (struct sidecar *sc)
+{
+  uint64_t bytes = (uint64_t) sc->header.l1_size * 8, i;
+  uint8_t *l1;
+  bool known = true;
+
+  if (sc->header.nb_snapshots > 0)
+    return false;
+  if (bytes == 0)
+    return true;
+  l1 = malloc (bytes);          /* bounded by the header decoder */
+  if (l1 == NULL ||
+      read_fully (sc->fd, sc->path, "L1 table", l1, bytes,
+                  sc->header.l1_table_offset) == -1) {
+    free (l1);
+    return false;
+  }
+  for (i = 0; i < bytes && known; ++i)
+    known = l1[i] == 0;
+  free (l1);
+  return known;
+}
+
+/* A crash between a commit's allocations and its header, or between
+ * its header and freeing the old clusters, leaves clusters counted
+ * that nothing references (as QEMU's own stores do).  Where every
+ * reference is known, give them back, in memory: the next commit
+ * writes the refcounts.
+ */
+static int
+reclaim_leaks (struct cluster_claims *cc)
+{
+  struct sidecar *sc = cc->sc;
+  const struct refcounts *rc = &sc->refcounts;
+  uint64_t i, c, reclaimed = 0;
+
+  if (!references_all_known (sc))
+    return 0;
+  /* Only clusters that a refcount block exists for can be counted;
+   * the blocks are bounded by the file's size.
+   */
+  for (i = 0; i < rc->table_entries; ++i) {
+    if (rc->table[i] == 0)
+      continue;
+    for (c = i * rc->entries_per_block;
+         c < (i + 1) * rc->entries_per_block; ++c) {
+      if (c < dirtymap_nr_bits (cc->claimed) &&
+          dirtymap_test (cc->claimed, c))
+        continue;
+      while (refcounts_get (rc, c) > 0) {
+        if (refcounts_release (&sc->refcounts, c * sc->cluster_size, 1)
+            == -1)
+          return -1;
+        reclaimed++;
+      }
+    }
+  }
+  if (reclaimed)
+    nbdkit_debug ("%s: reclaimed %" PRIu64 " leaked cluster references",
+                  sc->path, reclaimed);
+  return 0;
+}
+
+static bool
+tables_complete (const struct sidecar *sc)
+{
+  size_t i;
+
+  for (i = 0; i < sc->nr_bitmaps; ++i)
+    if (sc->bitmaps[i]->table == NULL)
+      return false;
+  return true;
+}
+
 /* Load the bitmaps, checking as we go that every cluster belongs to
  * one structure.
  */
@@ -700,6 +779,12 @@ load_bitmaps (struct sidecar *sc, unsigned flags)
     if (data_wanted (sc, sc->bitmaps[i]) &&
         load_bitmap_bits (sc, sc->bitmaps[i], &all_ones_budget) == -1)
       goto out;
+  /* Reclaiming needs every table, even those of bitmaps in use that
+   * are not otherwise loaded.
+   */
+  if ((flags & SIDECAR_WRITABLE) && tables_complete (sc) &&
+      reclaim_leaks (&cc) == -1)
+    goto out;
   r = 0;
 
  out:
