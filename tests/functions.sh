@@ -210,8 +210,14 @@ start_nbdkit_background ()
 # status (not in a subshell: only this shell can wait for its child).
 wait_nbdkit_exit ()
 {
+  local i
   status=0
-  timeout 20 tail --pid="$nbdkit_pid" -f /dev/null ||
-    fail "nbdkit (pid $nbdkit_pid) did not exit"
+  for (( i = 0; i < 400; i++ )); do
+    kill -0 "$nbdkit_pid" 2>/dev/null || break
+    # A zombie is gone for our purposes: only "wait" can reap it.
+    [[ "$(ps -o stat= -p "$nbdkit_pid" 2>/dev/null)" != Z* ]] || break
+    sleep 0.05
+  done
+  [ $i -lt 400 ] || fail "nbdkit (pid $nbdkit_pid) did not exit"
   wait "$nbdkit_pid" || status=$?
 }
