@@ -2,6 +2,8 @@
 #include <config.h>
 
 #include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,6 +108,126 @@ test_merge_scaled (void)
   dirtymap_free (coarse);
 }
 
+/* Every bit of DST must be exactly bit I >> SHIFT of SRC ORed with
+ * what DST held before (PRE, which may be NULL for none).
+ */
+static void
+check_expanded (const struct dirtymap *dst, const struct dirtymap *src,
+                const struct dirtymap *pre, unsigned shift)
+{
+  uint64_t i, n = dirtymap_nr_bits (dst), expected = 0;
+
+  for (i = 0; i < n; ++i) {
+    bool want = dirtymap_test (src, i >> shift) ||
+      (pre && dirtymap_test (pre, i));
+    if (dirtymap_test (dst, i) != want) {
+      fprintf (stderr, "%s:%d: bit %llu is %d, expected %d (shift %u)\n",
+               __FILE__, __LINE__, (unsigned long long) i,
+               (int) dirtymap_test (dst, i), (int) want, shift);
+      exit (EXIT_FAILURE);
+    }
+    expected += want;
+  }
+  CHECK_EQ_U64 (dirtymap_count (dst), expected);
+}
+
+static void
+test_merge_expanded (void)
+{
+  struct dirtymap *coarse, *fine, *pre;
+
+  /* shift 4: one coarse bit covers 16 fine bits; the fine map is 20
+   * coarse bits long less 5 fine ones, so coarse bit 19 is clipped
+   * and bit 20 lies wholly past the end.
+   */
+  coarse = dirtymap_new (64);
+  fine = dirtymap_new (20 * 16 - 5);
+  pre = dirtymap_new (20 * 16 - 5);
+  CHECK (coarse && fine && pre);
+  CHECK (dirtymap_set_range (coarse, 0, 1) == 1);
+  CHECK (dirtymap_set_range (coarse, 3, 2) == 1);     /* a run of two */
+  CHECK (dirtymap_set_range (coarse, 19, 3) == 1);    /* 19 clipped, 20-21 out */
+  CHECK (dirtymap_set_range (coarse, 63, 1) == 1);    /* wholly out */
+  /* What DST held is kept. */
+  CHECK (dirtymap_set_range (fine, 40, 3) == 1);
+  CHECK (dirtymap_set_range (pre, 40, 3) == 1);
+  CHECK (dirtymap_merge_expanded (fine, coarse, 4) == 0);
+  CHECK_EQ_U64 (dirtymap_count (fine), 16 + 32 + 11 + 3);
+  CHECK (dirtymap_test (fine, 0) && dirtymap_test (fine, 15));
+  CHECK (!dirtymap_test (fine, 16) && !dirtymap_test (fine, 47));
+  CHECK_EQ_U64 (dirtymap_next_set (fine, 16), 40);
+  CHECK_EQ_U64 (dirtymap_next_set (fine, 43), 48);
+  CHECK_EQ_U64 (dirtymap_next_clear (fine, 48), 80);
+  CHECK_EQ_U64 (dirtymap_next_set (fine, 80), 19 * 16);
+  CHECK_EQ_U64 (dirtymap_next_clear (fine, 19 * 16), 20 * 16 - 5);
+  check_expanded (fine, coarse, pre, 4);
+  /* Merging again changes nothing. */
+  CHECK (dirtymap_merge_expanded (fine, coarse, 4) == 0);
+  check_expanded (fine, coarse, pre, 4);
+  dirtymap_free (fine);
+  dirtymap_free (pre);
+
+  /* shift 0 is a plain OR. */
+  fine = dirtymap_new (64);
+  CHECK (dirtymap_merge_expanded (fine, coarse, 0) == 0);
+  check_expanded (fine, coarse, NULL, 0);
+  CHECK_EQ_U64 (dirtymap_count (fine), 7);
+  dirtymap_free (fine);
+  dirtymap_free (coarse);
+
+  /* An empty source leaves the destination as it was (and allocates
+   * nothing in it).
+   */
+  coarse = dirtymap_new (1000);
+  fine = dirtymap_new (1000 << 3);
+  CHECK (dirtymap_merge_expanded (fine, coarse, 3) == 0);
+  CHECK_EQ_U64 (dirtymap_count (fine), 0);
+  CHECK_EQ_U64 (dirtymap_next_set (fine, 0), 1000 << 3);
+  CHECK (dirtymap_set_range (fine, 77, 1) == 1);
+  CHECK (dirtymap_merge_expanded (fine, coarse, 3) == 0);
+  CHECK_EQ_U64 (dirtymap_count (fine), 1);
+  dirtymap_free (fine);
+  dirtymap_free (coarse);
+
+  /* Runs whose expansion spans several leaves of DST, and a source run
+   * crossing one of the source's own leaves: shift 6, so one source
+   * bit is 64 destination bits and a leaf of DST is 512 source bits.
+   */
+  coarse = dirtymap_new (3 * DIRTYMAP_LEAF_BITS);
+  fine = dirtymap_new ((3 * DIRTYMAP_LEAF_BITS) << 6);
+  CHECK (coarse && fine);
+  /* 1000 source bits from 511: destination bits from 511 * 64, across
+   * leaf boundaries at 512, 1024 source bits.
+   */
+  CHECK (dirtymap_set_range (coarse, 511, 1000) == 1);
+  CHECK (dirtymap_set_range (coarse, DIRTYMAP_LEAF_BITS - 1, 2) == 1);
+  CHECK (dirtymap_set_range (coarse, 3 * DIRTYMAP_LEAF_BITS - 1, 1) == 1);
+  CHECK (dirtymap_merge_expanded (fine, coarse, 6) == 0);
+  CHECK_EQ_U64 (dirtymap_count (fine), (1000 + 2 + 1) * 64);
+  CHECK_EQ_U64 (dirtymap_next_set (fine, 0), 511 * 64);
+  CHECK_EQ_U64 (dirtymap_next_clear (fine, 511 * 64), 1511 * 64);
+  CHECK_EQ_U64 (dirtymap_next_set (fine, 1511 * 64),
+                (DIRTYMAP_LEAF_BITS - 1) * 64);
+  CHECK_EQ_U64 (dirtymap_next_clear (fine, (DIRTYMAP_LEAF_BITS - 1) * 64),
+                (DIRTYMAP_LEAF_BITS + 1) * 64);
+  CHECK_EQ_U64 (dirtymap_next_set (fine, (DIRTYMAP_LEAF_BITS + 1) * 64),
+                (3 * DIRTYMAP_LEAF_BITS - 1) * 64);
+  CHECK_EQ_U64 (dirtymap_next_clear (fine, (3 * DIRTYMAP_LEAF_BITS - 1) * 64),
+                (3 * DIRTYMAP_LEAF_BITS) << 6);
+  dirtymap_free (fine);
+
+  /* The same source into a destination that ends in the middle of
+   * the first run's expansion: clipped, and nothing past it.
+   */
+  fine = dirtymap_new (600 * 64 + 7);
+  CHECK (dirtymap_merge_expanded (fine, coarse, 6) == 0);
+  CHECK_EQ_U64 (dirtymap_count (fine), (600 - 511) * 64 + 7);
+  CHECK_EQ_U64 (dirtymap_next_clear (fine, 511 * 64), 600 * 64 + 7);
+  check_expanded (fine, coarse, NULL, 6);
+  dirtymap_free (fine);
+  dirtymap_free (coarse);
+}
+
 /* Threads set interleaved and overlapping ranges; the result must be
  * exactly the union, whoever allocated each leaf.
  */
@@ -157,6 +279,7 @@ main (void)
   test_huge_map_is_cheap ();
   test_import_export ();
   test_merge_scaled ();
+  test_merge_expanded ();
   test_concurrent_exact ();
   return 0;
 }

@@ -496,12 +496,14 @@ find_journal (struct sidecar *sc)
   struct qcow2_journal_ext rec;
   size_t i, j;
 
-  /* Without the record, a bitmap of that name is someone else's. */
-  if (ext == NULL)
-    return 0;
+  /* The name is reserved: an in-use, disabled bitmap of that name is
+   * a journal, trusted or not, and dropped at the next commit.
+   */
   for (i = 0; i < sc->nr_bitmaps; ++i)
     if (is_journal_entry (&sc->bitmaps[i]->entry))
       sc->old_journal = sc->bitmaps[i];
+  if (ext == NULL)
+    return 0;
   if (qcow2_journal_ext_decode (ext, sc->header.cluster_bits, &rec,
                                 &sc->journal_distrust) == -1)
     return 0;
@@ -1363,6 +1365,14 @@ commit (struct sidecar *sc, enum commit_mode mode)
       entries[i].flags &= ~QCOW2_BITMAP_FLAG_IN_USE;
   }
   if (with_journal) {
+    if (sidecar_find (sc, QCOW2_JOURNAL_NAME)) {
+      nbdkit_error ("%s: a bitmap named '%s' exists; that name is reserved "
+                    "for the filter's crash-safety journal: remove it with "
+                    "'qemu-img bitmap --remove %s %s', or set "
+                    "dirtybitmap-crash-safe=false", sc->path,
+                    QCOW2_JOURNAL_NAME, sc->path, QCOW2_JOURNAL_NAME);
+      goto out;
+    }
     if (qcow2_bitmap_size_check (sc->path, QCOW2_JOURNAL_NAME,
                                  sc->header.size, sc->journal_bits,
                                  sc->header.cluster_bits) == -1)
@@ -1450,10 +1460,15 @@ commit (struct sidecar *sc, enum commit_mode mode)
  out:
   if (r == -1 && !header_written) {
     undo_allocations (sc);
-    /* Nothing references what was appended: give the file back its
+    /* Nothing references what was appended, except refcount blocks
+     * the commit created (undo keeps them): give the file back its
      * size, so that a failed commit leaves it as it was.
      */
-    if (ftruncate (sc->fd, st.st_size) == -1)
+    uint64_t keep = st.st_size;
+    for (i = 0; i < sc->refcounts.table_entries; ++i)
+      if (sc->refcounts.table[i] + sc->cluster_size > keep)
+        keep = sc->refcounts.table[i] + sc->cluster_size;
+    if (ftruncate (sc->fd, keep) == -1)
       nbdkit_debug ("%s: ftruncate: %m", sc->path);
   }
   sc->nr_allocations = 0;

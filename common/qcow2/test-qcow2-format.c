@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <zlib.h>
+
 #include "byte-order.h"
 #include "qcow2-format.h"
 #include "unit-test.h"
@@ -1300,6 +1302,232 @@ test_feature_combinations (void)
   CHECK (header_ok (&h, HDR_FILE_SIZE) == 0);
 }
 
+/*----------------------------------------------------------------------
+ * The crash-safety record (QCOW2_EXT_JOURNAL)
+ */
+
+#define JX_MAX 300
+static uint8_t jx_data[QCOW2_JOURNAL_EXT_FIXED + 8 * JX_MAX + 8];
+
+/* Encode a record naming the journal at JOURNAL and N protected
+ * tables (0x100000 + i * 0x10000) into jx_data; returns its size.
+ */
+static size_t
+journal_ext_build (uint64_t journal, uint32_t n)
+{
+  uint64_t tables[JX_MAX];
+  struct qcow2_journal_ext in = { journal, n, tables };
+  uint32_t i;
+
+  for (i = 0; i < n; ++i)
+    tables[i] = 0x100000 + (uint64_t) i * 0x10000;
+  memset (jx_data, 0xee, sizeof jx_data);
+  qcow2_journal_ext_encode (&in, jx_data);
+  return qcow2_journal_ext_size (n);
+}
+
+static int
+journal_ext_try (size_t length, unsigned cluster_bits,
+                 struct qcow2_journal_ext *out, const char **why)
+{
+  struct qcow2_extension ext = { QCOW2_EXT_JOURNAL, length, jx_data };
+
+  *why = NULL;
+  return qcow2_journal_ext_decode (&ext, cluster_bits, out, why);
+}
+
+/* Recompute the crc32 of a record of LENGTH bytes in jx_data, as a
+ * writer that got every other field wrong would.
+ */
+static void
+journal_ext_recrc (size_t length)
+{
+  store_be32 (&jx_data[length - 4],
+              crc32 (crc32 (0, Z_NULL, 0), jx_data, length - 4));
+}
+
+#define CHECK_JX_REFUSED(length, cluster_bits, word)                    \
+  do {                                                                  \
+    struct qcow2_journal_ext o_;                                        \
+    const char *why_;                                                   \
+    CHECK (journal_ext_try ((length), (cluster_bits), &o_, &why_)       \
+           == -1);                                                      \
+    CHECK (why_ != NULL);                                               \
+    if (strstr (why_, (word)) == NULL) {                                \
+      fprintf (stderr, "%s:%d: \"%s\" does not mention \"%s\"\n",       \
+               __FILE__, __LINE__, why_, (word));                       \
+      exit (EXIT_FAILURE);                                              \
+    }                                                                   \
+    CHECK (o_.protected_tables == NULL);                                \
+  } while (0)
+
+static void
+test_journal_ext (void)
+{
+  static const uint32_t counts[] = { 0, 1, 2, 7, JX_MAX };
+  struct qcow2_journal_ext out;
+  const char *why;
+  size_t len, i, k;
+  uint8_t saved;
+
+  /* The constants: our extension type is "nbdj", and our autoclear
+   * bit is the top one, not one QEMU knows (so QEMU clears it when it
+   * writes the file, which is the point).
+   */
+  CHECK_EQ_U64 (QCOW2_EXT_JOURNAL, 0x6e62646a);
+  CHECK (QCOW2_EXT_JOURNAL != QCOW2_EXT_BITMAPS &&
+         QCOW2_EXT_JOURNAL != QCOW2_EXT_FEATURE_TABLE &&
+         QCOW2_EXT_JOURNAL != QCOW2_EXT_END);
+  CHECK_EQ_U64 (QCOW2_AUTOCLEAR_JOURNAL, UINT64_C(1) << 63);
+  CHECK ((QCOW2_AUTOCLEAR_JOURNAL & QCOW2_AUTOCLEAR_KNOWN) == 0);
+  CHECK_EQ_U64 (qcow2_journal_ext_size (0), 20);
+  CHECK_EQ_U64 (qcow2_journal_ext_size (3), 44);
+  CHECK_EQ_U64 (qcow2_journal_ext_size (65535), 20 + 65535 * 8);
+
+  /* Round trips, and the layout. */
+  for (k = 0; k < sizeof counts / sizeof counts[0]; ++k) {
+    const uint32_t n = counts[k];
+
+    len = journal_ext_build (0x7770000, n);
+    CHECK_EQ_U64 (len, 20 + 8 * (uint64_t) n);
+    CHECK_EQ_U64 (load_be32 (&jx_data[0]), QCOW2_JOURNAL_EXT_VERSION);
+    CHECK_EQ_U64 (load_be32 (&jx_data[4]), n);
+    CHECK_EQ_U64 (load_be64 (&jx_data[8]), 0x7770000);
+    if (n > 0)
+      CHECK_EQ_U64 (load_be64 (&jx_data[16 + 8 * (n - 1)]),
+                    0x100000 + (uint64_t) (n - 1) * 0x10000);
+    CHECK_EQ_U64 (load_be32 (&jx_data[len - 4]),
+                  crc32 (crc32 (0, Z_NULL, 0), jx_data, len - 4));
+    CHECK (jx_data[len] == 0xee);               /* nothing written past */
+
+    CHECK (journal_ext_try (len, 16, &out, &why) == 0);
+    CHECK_EQ_U64 (out.journal_table_offset, 0x7770000);
+    CHECK_EQ_U64 (out.nr_protected, n);
+    CHECK (out.protected_tables != NULL);
+    for (i = 0; i < n; ++i)
+      CHECK_EQ_U64 (out.protected_tables[i], 0x100000 + i * 0x10000);
+    free (out.protected_tables);
+  }
+
+  /* The record survives the extension encoder and decoder, with its
+   * length not a multiple of 8 (padded on disk).
+   */
+  {
+    struct qcow2_extension in = { QCOW2_EXT_JOURNAL, 0, jx_data }, *exts;
+    const size_t start = QCOW2_HEADER_LENGTH_WRITTEN;
+    int n;
+
+    in.length = journal_ext_build (0x30000, 3);
+    CHECK_EQ_U64 (qcow2_extensions_encoded_size (&in, 1), 8 + 48 + 8);
+    memset (hbuf, 0xee, sizeof hbuf);
+    qcow2_extensions_encode (&in, 1, &hbuf[start]);
+    n = qcow2_extensions_decode (PATH, hbuf, start, sizeof hbuf, &exts);
+    CHECK (n == 1);
+    CHECK_EQ_U64 (exts[0].type, QCOW2_EXT_JOURNAL);
+    CHECK_EQ_U64 (exts[0].length, 44);
+    CHECK (qcow2_journal_ext_decode (&exts[0], 16, &out, &why) == 0);
+    CHECK_EQ_U64 (out.journal_table_offset, 0x30000);
+    CHECK_EQ_U64 (out.nr_protected, 3);
+    CHECK_EQ_U64 (out.protected_tables[2], 0x120000);
+    free (out.protected_tables);
+    qcow2_extensions_free (exts, n);
+  }
+
+  /* Truncated: shorter than the fixed part, down to nothing. */
+  len = journal_ext_build (0x30000, 0);
+  CHECK_JX_REFUSED (19, 16, "truncated");
+  CHECK_JX_REFUSED (4, 16, "truncated");
+  CHECK_JX_REFUSED (0, 16, "truncated");
+
+  /* The count does not match the length: one table short, one too
+   * many, and a count beyond QEMU's limit.
+   */
+  len = journal_ext_build (0x30000, 2);
+  CHECK_JX_REFUSED (len - 8, 16, "does not match its count");
+  CHECK_JX_REFUSED (len + 8, 16, "does not match its count");
+  CHECK_JX_REFUSED (len - 1, 16, "does not match its count");
+  store_be32 (&jx_data[4], 3);
+  journal_ext_recrc (len);
+  CHECK_JX_REFUSED (len, 16, "does not match its count");
+  store_be32 (&jx_data[4], QCOW2_BITMAP_MAX_COUNT + 1);
+  journal_ext_recrc (len);
+  CHECK_JX_REFUSED (len, 16, "does not match its count");
+
+  /* Any one byte changed fails the crc32, the crc itself included
+   * (except in the count, which the length check catches first).
+   */
+  len = journal_ext_build (0x30000, 2);
+  for (i = 0; i < len; ++i) {
+    if (i >= 4 && i < 8)
+      continue;
+    saved = jx_data[i];
+    jx_data[i] ^= 0x10;
+    CHECK_JX_REFUSED (len, 16, "crc32");
+    jx_data[i] = saved;
+  }
+  for (i = 4; i < 8; ++i) {
+    saved = jx_data[i];
+    jx_data[i] ^= 0x10;
+    CHECK_JX_REFUSED (len, 16, "does not match its count");
+    jx_data[i] = saved;
+  }
+  CHECK (journal_ext_try (len, 16, &out, &why) == 0);
+  free (out.protected_tables);
+
+  /* A version we do not know, with a valid crc. */
+  store_be32 (&jx_data[0], QCOW2_JOURNAL_EXT_VERSION + 1);
+  journal_ext_recrc (len);
+  CHECK_JX_REFUSED (len, 16, "version");
+  store_be32 (&jx_data[0], 0);
+  journal_ext_recrc (len);
+  CHECK_JX_REFUSED (len, 16, "version");
+
+  /* No journal, or one not on a cluster boundary; the alignment
+   * follows the cluster size given.
+   */
+  len = journal_ext_build (0, 1);
+  CHECK_JX_REFUSED (len, 16, "no valid journal");
+  len = journal_ext_build (0x30200, 1);
+  CHECK_JX_REFUSED (len, 16, "no valid journal");
+  CHECK (journal_ext_try (len, 9, &out, &why) == 0);
+  CHECK_EQ_U64 (out.journal_table_offset, 0x30200);
+  free (out.protected_tables);
+  len = journal_ext_build (0x38000, 1);
+  CHECK_JX_REFUSED (len, 16, "no valid journal");
+  CHECK (journal_ext_try (len, 15, &out, &why) == 0);
+  free (out.protected_tables);
+
+  /* QEMU's bitmap limit bounds the count even when the length
+   * matches: 65535 protected tables are accepted, 65536 are not.
+   */
+  {
+    const uint32_t max = QCOW2_BITMAP_MAX_COUNT;
+    uint64_t *tables = calloc (max + 1, sizeof *tables);
+    uint8_t *big = malloc (qcow2_journal_ext_size (max + 1));
+    struct qcow2_journal_ext in = { 0x30000, max, tables };
+    struct qcow2_extension ext = { QCOW2_EXT_JOURNAL, 0, big };
+
+    CHECK (tables && big);
+    for (i = 0; i <= max; ++i)
+      tables[i] = 0x40000 + i * 0x10000;
+    qcow2_journal_ext_encode (&in, big);
+    ext.length = qcow2_journal_ext_size (max);
+    CHECK (qcow2_journal_ext_decode (&ext, 16, &out, &why) == 0);
+    CHECK_EQ_U64 (out.nr_protected, max);
+    CHECK_EQ_U64 (out.protected_tables[max - 1], 0x40000 + (uint64_t) (max - 1) * 0x10000);
+    free (out.protected_tables);
+    in.nr_protected = max + 1;
+    qcow2_journal_ext_encode (&in, big);
+    ext.length = qcow2_journal_ext_size (max + 1);
+    why = NULL;
+    CHECK (qcow2_journal_ext_decode (&ext, 16, &out, &why) == -1);
+    CHECK (why != NULL && strstr (why, "does not match its count"));
+    CHECK (out.protected_tables == NULL);
+    free (big);
+    free (tables);
+  }
+}
+
 int
 main (void)
 {
@@ -1315,5 +1543,6 @@ main (void)
   test_bitmap_sizes ();
   test_bitmap_names ();
   test_feature_combinations ();
+  test_journal_ext ();
   return EXIT_SUCCESS;
 }
