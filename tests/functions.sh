@@ -219,5 +219,12 @@ wait_nbdkit_exit ()
     sleep 0.05
   done
   [ $i -lt 400 ] || fail "nbdkit (pid $nbdkit_pid) did not exit"
-  wait "$nbdkit_pid" || status=$?
+  # (The redirection keeps bash from reporting "Killed" after kill -9.)
+  { wait "$nbdkit_pid"; } 2>/dev/null || status=$?
+  # Reaped: its pid may be reused by anything, so never kill it later.
+  for i in "${!_cleanup_actions[@]}"; do
+    [ "${_cleanup_actions[$i]}" != "kill -9 $nbdkit_pid 2>/dev/null" ] ||
+      unset '_cleanup_actions[i]'
+  done
+  _cleanup_actions=("${_cleanup_actions[@]}")
 }

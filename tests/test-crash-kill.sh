@@ -40,21 +40,6 @@ cleanup_fn '[ "$iteration" = done ] || echo "$0: failed in iteration $iteration;
 size=$(( 64 * 1024 * 1024 * 1024 + 1000 ))
 uri_of () { echo "nbd+unix:///?socket=$1"; }
 
-# wait_nbdkit_exit polls once a second; this test waits hundreds of
-# times.
-wait_nbdkit_exit_fast ()
-{
-  status=0
-  # (The redirections keep bash from reporting "Killed" for every
-  # kill -9.)
-  { timeout 20 tail -s 0.02 --pid="$nbdkit_pid" -f /dev/null; } 2>/dev/null ||
-    fail "nbdkit (pid $nbdkit_pid) did not exit"
-  { wait "$nbdkit_pid"; } 2>/dev/null || status=$?
-  # nbdkit is reaped: drop the kill that start_nbdkit_background
-  # registered, as its pid may be reused before the script ends.
-  unset '_cleanup_actions[${#_cleanup_actions[@]}-1]'
-}
-
 for (( iteration = 1; iteration <= iterations; iteration++ )); do
   # Every combination comes round every 8 iterations: bitmap
   # granularity, journal region size, and a delay below the log filter
@@ -103,7 +88,7 @@ for (( iteration = 1; iteration <= iterations; iteration++ )); do
     { cat "$dir/loadgen.err" "$dir/sock.err" >&2; fail "loadgen did not start"; }
   sleep "$(printf '0.%03d' $sleep_ms)"
   kill -$signal "$nbdkit_pid"
-  wait_nbdkit_exit_fast
+  wait_nbdkit_exit
   if [ "$signal" = KILL ]; then
     [ "$status" -eq 137 ] || fail "nbdkit was not killed (status $status)"
   else
@@ -127,7 +112,7 @@ for (( iteration = 1; iteration <= iterations; iteration++ )); do
   /usr/bin/python3 -m nbd -u "$(uri_of "$dir/sock2")" -c 'h.flush()' \
     2> "$dir/nbdsh.err" || flushed=no
   kill -TERM "$nbdkit_pid" 2>/dev/null || :
-  wait_nbdkit_exit_fast
+  wait_nbdkit_exit
   if [ $flushed = no ] || [ "$status" -ne 0 ]; then
     cat "$dir/nbdsh.err" "$dir/sock2.err" >&2
     fail "nbdkit restarted on the sidecar after kill -$signal refused a writable connection or failed (exit status $status): the bitmap was not recovered"

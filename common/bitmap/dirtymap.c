@@ -170,10 +170,16 @@ dirtymap_test (const struct dirtymap *map, uint64_t bit)
 }
 
 /* Shared scan for next_set / next_clear: WANT_SET selects which. */
+/* The first bit at or after FROM and before END (at most the map's
+ * size) that is set (or clear); END if none.
+ */
 static uint64_t
-next_bit (const struct dirtymap *map, uint64_t from, bool want_set)
+next_bit (const struct dirtymap *map, uint64_t from, uint64_t end,
+          bool want_set)
 {
-  while (from < map->nr_bits) {
+  if (end > map->nr_bits)
+    end = map->nr_bits;
+  while (from < end) {
     uint64_t leaf = from / DIRTYMAP_LEAF_BITS;
     const uint64_t *words = leaf_if_present (map, leaf);
     uint64_t leaf_end = (leaf + 1) * DIRTYMAP_LEAF_BITS;
@@ -184,7 +190,7 @@ next_bit (const struct dirtymap *map, uint64_t from, bool want_set)
       from = leaf_end;
       continue;
     }
-    while (from < leaf_end && from < map->nr_bits) {
+    while (from < leaf_end && from < end) {
       uint64_t w = __atomic_load_n (&words[(from % DIRTYMAP_LEAF_BITS)
                                            / WORD_BITS], __ATOMIC_RELAXED);
       if (!want_set)
@@ -193,24 +199,34 @@ next_bit (const struct dirtymap *map, uint64_t from, bool want_set)
       if (w != 0) {
         uint64_t found = (from & ~(uint64_t) (WORD_BITS - 1))
           + __builtin_ctzll (w);
-        return found < map->nr_bits ? found : map->nr_bits;
+        return found < end ? found : end;
       }
       from = (from | (WORD_BITS - 1)) + 1;
     }
   }
-  return map->nr_bits;
+  return end;
 }
 
 uint64_t
 dirtymap_next_set (const struct dirtymap *map, uint64_t from)
 {
-  return next_bit (map, from, true);
+  return next_bit (map, from, map->nr_bits, true);
 }
 
 uint64_t
 dirtymap_next_clear (const struct dirtymap *map, uint64_t from)
 {
-  return next_bit (map, from, false);
+  return next_bit (map, from, map->nr_bits, false);
+}
+
+bool
+dirtymap_range_set (const struct dirtymap *map, uint64_t first,
+                    uint64_t count)
+{
+  uint64_t end = first + count < first ? UINT64_MAX : first + count;
+
+  return next_bit (map, first, end, false) >= (end < map->nr_bits
+                                               ? end : map->nr_bits);
 }
 
 uint64_t

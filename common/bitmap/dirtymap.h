@@ -51,6 +51,12 @@ extern uint64_t dirtymap_next_set (const struct dirtymap *map, uint64_t from);
 extern uint64_t dirtymap_next_clear (const struct dirtymap *map,
                                      uint64_t from);
 
+/* Whether every bit of [FIRST, FIRST + COUNT) (clipped to the map) is
+ * set; the cost depends on COUNT, not on the map's size.
+ */
+extern bool dirtymap_range_set (const struct dirtymap *map, uint64_t first,
+                                uint64_t count);
+
 /* Number of set bits. */
 extern uint64_t dirtymap_count (const struct dirtymap *map);
 

@@ -234,6 +234,38 @@ test_merge_expanded (void)
 #define THREADS 8
 static struct dirtymap *shared_map;
 
+/* Ranges entirely set, in a huge map: the answer must not depend on
+ * bits past the range (a scan to the end would take seconds here).
+ */
+static void
+test_range_set (void)
+{
+  const uint64_t n = UINT64_C(1) << 40;
+  struct dirtymap *m = dirtymap_new (n);
+  uint64_t i;
+
+  CHECK (m != NULL);
+  CHECK (!dirtymap_range_set (m, 0, 1));
+  CHECK (dirtymap_set_range (m, 100, 200) == 1);
+  CHECK (dirtymap_range_set (m, 100, 200));
+  CHECK (dirtymap_range_set (m, 150, 1));
+  CHECK (dirtymap_range_set (m, 299, 1));
+  CHECK (!dirtymap_range_set (m, 99, 2));
+  CHECK (!dirtymap_range_set (m, 299, 2));
+  CHECK (!dirtymap_range_set (m, 100, 201));
+  /* Across a leaf boundary. */
+  CHECK (dirtymap_set_range (m, DIRTYMAP_LEAF_BITS - 5, 10) == 1);
+  CHECK (dirtymap_range_set (m, DIRTYMAP_LEAF_BITS - 5, 10));
+  CHECK (!dirtymap_range_set (m, DIRTYMAP_LEAF_BITS - 5, 11));
+  /* Clipped at the end of the map. */
+  CHECK (dirtymap_set_range (m, n - 3, 3) == 1);
+  CHECK (dirtymap_range_set (m, n - 3, 100));
+  CHECK (dirtymap_range_set (m, n - 1, UINT64_MAX));
+  for (i = 0; i < 100000; ++i)
+    CHECK (dirtymap_range_set (m, 100 + i % 200, 1));
+  dirtymap_free (m);
+}
+
 static void *
 setter (void *arg)
 {
@@ -280,6 +312,7 @@ main (void)
   test_import_export ();
   test_merge_scaled ();
   test_merge_expanded ();
+  test_range_set ();
   test_concurrent_exact ();
   return 0;
 }

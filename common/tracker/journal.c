@@ -195,7 +195,7 @@ journal_mark (struct journal *j, uint64_t offset, uint64_t count)
   if (last >= j->nr_bits)
     last = j->nr_bits - 1;
   if (first > last ||
-      dirtymap_next_clear (j->durable, first) > last)
+      dirtymap_range_set (j->durable, first, last - first + 1))
     return 0;
 
   pthread_mutex_lock (&j->lock);
