@@ -15,6 +15,10 @@
  *                        number of counted calls (a process killed by
  *                        other means writes no such line).
  *   POWERLOSS_TRACE=1    optional; also log every counted call.
+ *   POWERLOSS_EIO_FLAG=PATH  optional; while a file exists at PATH,
+ *                        fsync and fdatasync of the file fail with EIO
+ *                        without syncing (the disk's failure, with no
+ *                        library of threads to drive it).
  *
  * Counted calls are those on a descriptor of the file that change it
  * (pwrite, write, pwritev, writev, ftruncate, fallocate,
@@ -168,6 +172,7 @@ static uint64_t fail_at;        /* POWERLOSS_AFTER */
 static char *targets[MAX_TARGETS]; /* POWERLOSS_FILE, split at ':' */
 static size_t nr_targets;
 static const char *log_path;    /* POWERLOSS_LOG */
+static const char *eio_flag;    /* POWERLOSS_EIO_FLAG */
 static bool trace;              /* POWERLOSS_TRACE */
 static bool seen;               /* a descriptor was ever followed */
 static pid_t owner;             /* the process the constructor ran in */
@@ -241,6 +246,9 @@ powerloss_init (void)
   }
   s = getenv ("POWERLOSS_TRACE");
   trace = s && *s && strcmp (s, "0") != 0;
+  eio_flag = getenv ("POWERLOSS_EIO_FLAG");
+  if (eio_flag && *eio_flag == '\0')
+    eio_flag = NULL;
 }
 
 __attribute__ ((destructor))
@@ -684,6 +692,11 @@ posix_fallocate64 (int fd, off64_t offset, off64_t len)
       return call;                                      \
     }                                                   \
     count_call (what, fd, -1, -1);                      \
+    if (eio_flag && access (eio_flag, F_OK) == 0) {     \
+      pthread_mutex_unlock (&lock);                     \
+      errno = EIO;                                      \
+      return -1;                                        \
+    }                                                   \
     r_ = call;                                          \
     e_ = errno;                                         \
     if (r_ == 0)                                        \

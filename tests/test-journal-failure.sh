@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
 # When the durable mark cannot be written (fdatasync fails with EIO,
-# injected with libfiu), a write, zero or trim to a region not yet
+# injected by the test shim powerloss.so), a write, zero or trim to a region not yet
 # durable fails with EIO and never reaches the plugin; requests to
 # regions already durable go on.  After a failed flush nothing more is
 # trusted to reach the disk, so new regions keep failing even once the
 # disk recovers, until nbdkit restarts.  The clean stop still stores
 # the bitmap, holding only what reached the plugin.
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
-requires fiu-run fiu-ctrl timeout
+requires timeout
+shim="$abs_top_builddir/tests/.libs/powerloss.so"
+[ -f "$shim" ] || fail "$shim is not built (make check builds it)"
 
 sidecar="$tmpdir/sidecar.qcow2"
 sock="$tmpdir/sock"
 M=$((1024 * 1024))
-nbdkit_under=(fiu-run -x)
+eio="$tmpdir/eio"
+nbdkit_under=(env LD_PRELOAD="$shim" POWERLOSS_FILE="$sidecar"
+              POWERLOSS_EIO_FLAG="$eio")
 start_nbdkit_background "$sock" memory 64M dirtybitmap-file="$sidecar" \
   dirtybitmap=b0
 nbd () { /usr/bin/python3 -m nbd -u "nbd+unix:///?socket=$sock" -c "$1"; }
 
 nbd 'h.pwrite(b"a" * 512, 0)'
-fiu-ctrl -c 'enable name=posix/io/sync/fdatasync,failinfo=5' "$nbdkit_pid"
+touch "$eio"
 nbd "
 def refused(what, f):
     try:
@@ -38,7 +42,7 @@ assert h.pread(512, 4096) == b'c' * 512
 "
 grep -qF "journal to stable storage: Input/output error" "$sock.err" ||
   { cat "$sock.err" >&2; fail "no error for the failed journal flush"; }
-fiu-ctrl -c 'disable name=posix/io/sync/fdatasync' "$nbdkit_pid"
+rm "$eio"
 nbd "
 try:
     h.pwrite(b'd' * 512, 32 * $M)
