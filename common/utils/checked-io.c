@@ -2,11 +2,25 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <nbdkit-filter.h>
 
 #include "checked-io.h"
+
+/* The message for ERR, untranslated, formatted here rather than with
+ * %m or strerror: these errors are raised in nbdkit's worker threads,
+ * where, under ASan, a translated message left glibc's locale lock
+ * held and nbdkit hung at exit.
+ */
+static const char *
+error_text (int err)
+{
+  const char *text = strerrordesc_np (err);
+
+  return text ? text : "unknown error";
+}
 
 int
 read_fully (int fd, const char *path, const char *what,
@@ -19,8 +33,8 @@ read_fully (int fd, const char *path, const char *what,
     if (r == -1) {
       if (errno == EINTR)
         continue;
-      nbdkit_error ("%s: reading %s at offset %" PRIu64 ": %m",
-                    path, what, offset);
+      nbdkit_error ("%s: reading %s at offset %" PRIu64 ": %s",
+                    path, what, offset, error_text (errno));
       return -1;
     }
     if (r == 0) {
@@ -46,8 +60,8 @@ write_fully (int fd, const char *path, const char *what,
     if (r == -1) {
       if (errno == EINTR)
         continue;
-      nbdkit_error ("%s: writing %s at offset %" PRIu64 ": %m",
-                    path, what, offset);
+      nbdkit_error ("%s: writing %s at offset %" PRIu64 ": %s",
+                    path, what, offset, error_text (errno));
       return -1;
     }
     p += r;
@@ -61,7 +75,8 @@ int
 sync_data (int fd, const char *path, const char *what)
 {
   if (fdatasync (fd) == -1) {
-    nbdkit_error ("%s: flushing %s to stable storage: %m", path, what);
+    nbdkit_error ("%s: flushing %s to stable storage: %s", path, what,
+                  error_text (errno));
     return -1;
   }
   return 0;
