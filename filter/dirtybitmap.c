@@ -14,6 +14,8 @@
 
 #include <nbdkit-filter.h>
 
+#include "qmp-commands.h"
+#include "qmp-server.h"
 #include "tracker.h"
 
 /* -D dirtybitmap.writes=1 logs every range marked. */
@@ -21,6 +23,8 @@ NBDKIT_DLL_PUBLIC int dirtybitmap_debug_writes;
 
 static struct tracker_config config;
 static struct tracker *tracker;
+static char *control_path;              /* dirtybitmap-control= */
+static struct qmp_server *control;
 
 static void
 dirtybitmap_load (void)
@@ -42,6 +46,7 @@ dirtybitmap_unload (void)
 
   tracker_free (tracker);
   tracker_config_free (&config);
+  free (control_path);
   /* Unloading is the last thing nbdkit does: make its exit status say
    * that the bitmaps were not kept as asked.  _exit, because running
    * other libraries' destructors from inside nbdkit's teardown, with
@@ -90,6 +95,18 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   }
   if (strcmp (key, "dirtybitmap-in-use") == 0)
     return tracker_config_set_in_use_policy (&config, value);
+  if (strcmp (key, "dirtybitmap-control") == 0) {
+    if (control_path) {
+      nbdkit_error ("dirtybitmap-control= given twice");
+      return -1;
+    }
+    control_path = nbdkit_absolute_path (value);
+    if (control_path == NULL)
+      return -1;
+    /* Bitmaps may then be added while the export serves. */
+    config.allow_no_bitmaps = true;
+    return 0;
+  }
   return next (nxdata, key, value);
 }
 
@@ -111,7 +128,8 @@ dirtybitmap_config_complete (nbdkit_next_config_complete *next,
   "dirtybitmap-granularity=<SIZE> Granularity of new bitmaps (default 64K).\n" \
   "dirtybitmap-crash-safe=<BOOL>  Keep bitmaps across crashes (default true).\n" \
   "dirtybitmap-crash-granularity=<SIZE> Regions made durable (default 1M).\n" \
-  "dirtybitmap-in-use=keep|refuse|reset Bitmaps left in use (default keep)."
+  "dirtybitmap-in-use=keep|refuse|reset Bitmaps left in use (default keep).\n" \
+  "dirtybitmap-control=<SOCKET> QMP socket to manage bitmaps while serving."
 
 /* Open the default export once, before serving anyone, so that a
  * sidecar that does not fit is refused at start-up.  Some plugins can
@@ -131,17 +149,25 @@ dirtybitmap_after_fork (nbdkit_backend *backend)
     }
     nbdkit_next_context_close (next);
   }
-  if (size == -1) {
+  if (size == -1)
     nbdkit_debug ("dirtybitmap: the plugin cannot be opened outside a "
                   "connection: the sidecar is checked at the first one");
-    return 0;
+  else if (tracker_validate (tracker, size) == -1)
+    return -1;
+  if (control_path) {
+    control = qmp_server_start (control_path, PACKAGE_STRING,
+                                qmp_commands_dispatch, tracker);
+    if (control == NULL)
+      return -1;
   }
-  return tracker_validate (tracker, size);
+  return 0;
 }
 
 static void
 dirtybitmap_cleanup (nbdkit_backend *backend)
 {
+  qmp_server_stop (control);
+  control = NULL;
   tracker_stop (tracker);     /* failures are kept for the exit status */
 }
 

@@ -460,10 +460,10 @@ qcow2_bitmap_table_size (uint64_t virtual_size, unsigned granularity_bits,
                                 granularity_bits + 3 + cluster_bits);
 }
 
-int
-qcow2_bitmap_size_check (const char *path, const char *name,
-                         uint64_t virtual_size, unsigned granularity_bits,
-                         unsigned cluster_bits)
+unsigned
+qcow2_bitmap_fitting_granularity (uint64_t virtual_size,
+                                  unsigned granularity_bits,
+                                  unsigned cluster_bits)
 {
   unsigned g;
 
@@ -474,6 +474,18 @@ qcow2_bitmap_size_check (const char *path, const char *name,
           <= QCOW2_BITMAP_MAX_TABLE_SIZE)
       break;
   }
+  return g;
+}
+
+int
+qcow2_bitmap_size_check (const char *path, const char *name,
+                         uint64_t virtual_size, unsigned granularity_bits,
+                         unsigned cluster_bits)
+{
+  unsigned g = qcow2_bitmap_fitting_granularity (virtual_size,
+                                                 granularity_bits,
+                                                 cluster_bits);
+
   if (g == granularity_bits)
     return 0;
   if (g > QCOW2_BITMAP_MAX_GRAN_BITS)

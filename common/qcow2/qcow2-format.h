@@ -216,6 +216,14 @@ extern uint64_t qcow2_bitmap_table_size (uint64_t virtual_size,
                                          unsigned granularity_bits,
                                          unsigned cluster_bits);
 
+/* The smallest granularity from GRANULARITY_BITS up whose bitmap fits
+ * QEMU's limits for that disk (QCOW2_BITMAP_MAX_GRAN_BITS + 1 if
+ * none), without logging anything.
+ */
+extern unsigned qcow2_bitmap_fitting_granularity (uint64_t virtual_size,
+                                                  unsigned granularity_bits,
+                                                  unsigned cluster_bits);
+
 /* Whether a bitmap of that granularity fits QEMU's limits; on failure
  * the error says which limit and what granularity would fit.
  */

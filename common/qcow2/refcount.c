@@ -206,6 +206,20 @@ refcounts_alloc (struct refcounts *rc, uint64_t n)
   return start << rc->cluster_bits;
 }
 
+void
+refcounts_clear (struct refcounts *rc, uint64_t cluster)
+{
+  uint64_t b = cluster / rc->entries_per_block;
+
+  if (refcounts_get (rc, cluster) == 0)
+    return;
+  qcow2_refcount_set (rc->blocks[b], rc->order,
+                      cluster % rc->entries_per_block, 0);
+  rc->block_dirty[b] = true;
+  if (cluster < rc->search_start)
+    rc->search_start = cluster;
+}
+
 int
 refcounts_release (struct refcounts *rc, uint64_t offset, uint64_t n)
 {

@@ -50,6 +50,9 @@ extern uint64_t refcounts_alloc (struct refcounts *rc, uint64_t n);
 extern int refcounts_release (struct refcounts *rc, uint64_t offset,
                               uint64_t n);
 
+/* Set the refcount of CLUSTER to 0, whatever it was. */
+extern void refcounts_clear (struct refcounts *rc, uint64_t cluster);
+
 /* Write changed blocks, then changed table entries (no flush). */
 extern int refcounts_write (struct refcounts *rc);
 

@@ -202,6 +202,9 @@ sidecar_close (struct sidecar *sc)
   free (sc->bitmaps);
   bitmap_free (sc->journal);
   bitmap_free (sc->old_journal);
+  for (i = 0; i < sc->nr_removed; ++i)
+    bitmap_free (sc->removed[i]);
+  free (sc->removed);
   refcounts_free (&sc->refcounts);
   free (sc->allocations);
   qcow2_extensions_free (sc->exts, sc->nr_exts);
@@ -729,16 +732,14 @@ reclaim_leaks (struct cluster_claims *cc)
       if (c < dirtymap_nr_bits (cc->claimed) &&
           dirtymap_test (cc->claimed, c))
         continue;
-      while (refcounts_get (rc, c) > 0) {
-        if (refcounts_release (&sc->refcounts, c * sc->cluster_size, 1)
-            == -1)
-          return -1;
+      if (refcounts_get (rc, c) > 0) {
+        refcounts_clear (&sc->refcounts, c);
         reclaimed++;
       }
     }
   }
   if (reclaimed)
-    nbdkit_debug ("%s: reclaimed %" PRIu64 " leaked cluster references",
+    nbdkit_debug ("%s: reclaimed %" PRIu64 " leaked clusters",
                   sc->path, reclaimed);
   return 0;
 }
@@ -1234,7 +1235,7 @@ undo_allocations (struct sidecar *sc)
   refcounts_write (&sc->refcounts);
 }
 
-enum commit_mode { COMMIT_BEGIN, COMMIT_STORE };
+enum commit_mode { COMMIT_BEGIN, COMMIT_LIVE, COMMIT_STORE };
 
 /* This session's journal, not yet on disk: disabled and in use, so
  * that QEMU counts its clusters but never reads or writes them.
@@ -1296,24 +1297,29 @@ set_journal_record (struct sidecar *sc, const struct sidecar_bitmap *journal,
   return r;
 }
 
+/* Free a bitmap that the committed directory no longer lists, and its
+ * clusters.
+ */
 static int
-release_journal (struct sidecar *sc, struct sidecar_bitmap **journal)
+drop_bitmap (struct sidecar *sc, struct sidecar_bitmap **bm)
 {
   int r = 0;
 
-  if (*journal && (*journal)->table)
-    r = release_bitmap_clusters (sc, &(*journal)->entry, (*journal)->table);
-  bitmap_free (*journal);
-  *journal = NULL;
+  if (*bm && (*bm)->table)
+    r = release_bitmap_clusters (sc, &(*bm)->entry, (*bm)->table);
+  bitmap_free (*bm);
+  *bm = NULL;
   return r;
 }
 
 /* Copy-on-write update of the bitmaps, as QEMU stores them.  BEGIN
- * writes new bitmaps (empty) and modified ones, sets IN_USE on every
- * tracked one and, with journal_bits set, writes the journal and its
- * record.  STORE writes every tracked or modified bitmap's data,
- * clears IN_USE and drops the journal.  Nothing already on disk is
- * overwritten before the header commit.
+ * writes new bitmaps and modified ones, sets IN_USE on every tracked
+ * one and, with journal_bits set, writes the journal and its record.
+ * LIVE does the same while tracking goes on, keeping the journal and
+ * clearing IN_USE on the bitmaps it writes that no longer record.
+ * STORE writes every tracked or modified bitmap's data, clears IN_USE
+ * and drops the journal.  Removed bitmaps are dropped.  Nothing
+ * already on disk is overwritten before the header commit.
  */
 static int
 commit (struct sidecar *sc, enum commit_mode mode)
@@ -1347,7 +1353,8 @@ commit (struct sidecar *sc, enum commit_mode mode)
   }
   for (i = 0; i < sc->nr_bitmaps; ++i) {
     struct sidecar_bitmap *bm = sc->bitmaps[i];
-    bool store_data = bm->modified || (mode == COMMIT_STORE && bm->tracked);
+    bool store_data = bm->modified || !bm->on_disk ||
+      (mode == COMMIT_STORE && bm->tracked);
 
     if (store_data || !bm->on_disk) {
       /* A reset bitmap's old table may have had any size. */
@@ -1359,12 +1366,17 @@ commit (struct sidecar *sc, enum commit_mode mode)
                         &entries[i], &new_tables[i]) == -1)
         goto out;
     }
-    if (mode == COMMIT_BEGIN && bm->tracked)
+    if (mode != COMMIT_STORE && bm->tracked)
       entries[i].flags |= QCOW2_BITMAP_FLAG_IN_USE;
     else if (store_data)
       entries[i].flags &= ~QCOW2_BITMAP_FLAG_IN_USE;
   }
-  if (with_journal) {
+  if (mode == COMMIT_LIVE && sc->journal) {
+    if (set_journal_record (sc, sc->journal, entries) == -1)
+      goto out;
+    entries[nr_entries++] = sc->journal->entry;
+  }
+  else if (with_journal) {
     if (sidecar_find (sc, QCOW2_JOURNAL_NAME)) {
       nbdkit_error ("%s: a bitmap named '%s' exists; that name is reserved "
                     "for the filter's crash-safety journal: remove it with "
@@ -1413,7 +1425,8 @@ commit (struct sidecar *sc, enum commit_mode mode)
     (sc->header.autoclear_features & QCOW2_AUTOCLEAR_KNOWN
      & ~QCOW2_AUTOCLEAR_BITMAPS)
     | (nr_entries ? QCOW2_AUTOCLEAR_BITMAPS : 0)
-    | (with_journal ? QCOW2_AUTOCLEAR_JOURNAL : 0);
+    | (with_journal || (mode == COMMIT_LIVE && sc->journal)
+       ? QCOW2_AUTOCLEAR_JOURNAL : 0);
   /* Once the header write is issued the commit may have happened:
    * from here on a failure may leak clusters, never free one that is
    * still referenced.
@@ -1443,11 +1456,17 @@ commit (struct sidecar *sc, enum commit_mode mode)
     bm->on_disk = true;
     bm->modified = false;
   }
-  if (release_journal (sc, &sc->old_journal) == -1 ||
-      release_journal (sc, &sc->journal) == -1)
+  if (drop_bitmap (sc, &sc->old_journal) == -1 ||
+      (mode != COMMIT_LIVE && drop_bitmap (sc, &sc->journal) == -1))
     goto out;
-  sc->journal = journal;
-  journal = NULL;
+  if (journal) {
+    sc->journal = journal;
+    journal = NULL;
+  }
+  for (i = 0; i < sc->nr_removed; ++i)
+    if (drop_bitmap (sc, &sc->removed[i]) == -1)
+      goto out;
+  sc->nr_removed = 0;
   if (old_dir_valid &&
       refcounts_release (&sc->refcounts, old_dir_offset,
                          DIV_ROUND_UP (old_dir_size, sc->cluster_size)) == -1)
@@ -1592,7 +1611,7 @@ sidecar_begin_tracking (struct sidecar *sc)
     if (!sc->bitmaps[i]->on_disk)
       in_place = false;
   }
-  if (!any)
+  if (!any && sc->journal_bits == 0)
     return 0;
   if (!sc->writable) {
     nbdkit_error ("%s: opened read-only, cannot track writes", sc->path);
@@ -1609,7 +1628,46 @@ sidecar_store (struct sidecar *sc)
   for (i = 0; i < sc->nr_bitmaps; ++i)
     if (sc->bitmaps[i]->tracked)
       return commit (sc, COMMIT_STORE);
-  if (any_modified (sc) || sc->journal || sc->old_journal)
+  if (any_modified (sc) || sc->journal || sc->old_journal || sc->nr_removed)
     return commit (sc, COMMIT_STORE);
+  return 0;
+}
+
+int
+sidecar_commit_live (struct sidecar *sc)
+{
+  if (!sc->writable) {
+    nbdkit_error ("%s: opened read-only, cannot store bitmaps", sc->path);
+    return -1;
+  }
+  return commit (sc, COMMIT_LIVE);
+}
+
+int
+sidecar_remove_bitmap (struct sidecar *sc, struct sidecar_bitmap *bm)
+{
+  struct sidecar_bitmap **p;
+  size_t i;
+
+  /* Its clusters are freed once a commit has dropped its entry. */
+  if (bm->on_disk && bm->table == NULL &&
+      load_bitmap_table (sc, bm, false) == -1)
+    return -1;
+  p = realloc (sc->removed, (sc->nr_removed + 1) * sizeof *p);
+  if (p == NULL) {
+    nbdkit_error ("%s: realloc: %m", sc->path);
+    return -1;
+  }
+  sc->removed = p;
+  for (i = 0; i < sc->nr_bitmaps && sc->bitmaps[i] != bm; ++i)
+    ;
+  memmove (&sc->bitmaps[i], &sc->bitmaps[i + 1],
+           (sc->nr_bitmaps - i - 1) * sizeof sc->bitmaps[0]);
+  sc->nr_bitmaps--;
+  if (!bm->on_disk) {
+    bitmap_free (bm);
+    return 0;
+  }
+  sc->removed[sc->nr_removed++] = bm;
   return 0;
 }

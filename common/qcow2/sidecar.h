@@ -63,6 +63,8 @@ struct sidecar {
                                          next commit */
   const char *journal_distrust;       /* why a journal record found on
                                          disk is not trusted, or NULL */
+  struct sidecar_bitmap **removed;    /* dropped at the next commit */
+  size_t nr_removed;
   struct refcounts refcounts;
   struct sidecar_allocation {   /* clusters allocated by the store */
     uint64_t offset, clusters;  /* under way, to undo if it fails */
@@ -130,5 +132,18 @@ extern int sidecar_begin_tracking (struct sidecar *sc);
  * freed.  On failure the bitmaps stay IN_USE on disk (and protected).
  */
 extern int sidecar_store (struct sidecar *sc);
+
+/* While tracking: write every new or modified bitmap and the flags as
+ * they stand (IN_USE on the tracked ones only), drop removed bitmaps,
+ * and keep the journal, its record naming the tracked bitmaps' new
+ * tables.
+ */
+extern int sidecar_commit_live (struct sidecar *sc);
+
+/* Take BM out of the sidecar (freed, with its clusters, at the next
+ * commit); BM must not be used afterwards.
+ */
+extern int sidecar_remove_bitmap (struct sidecar *sc,
+                                  struct sidecar_bitmap *bm);
 
 #endif /* DIRTYBITMAP_SIDECAR_H */

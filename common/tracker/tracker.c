@@ -14,22 +14,7 @@
 #include "qcow2-format.h"
 #include "sidecar.h"
 #include "tracker.h"
-
-struct tracker {
-  const struct tracker_config *cfg;
-  pthread_mutex_t lock;         /* guards start-up and the export claim */
-  char *exportname;             /* the claimed export, or NULL */
-  bool started;                 /* read without the lock once set */
-  bool warned_in_use;           /* in-use bitmaps reported already */
-  bool failed;                  /* starting or storing failed */
-  uint64_t export_size;
-  struct sidecar *sidecar;
-  struct sidecar *validated;    /* read-only, holding QEMU's read locks
-                                   from start-up until tracking starts */
-  struct dirtymap *recording;   /* every write since start */
-  unsigned recording_bits;      /* its granularity, log2 bytes */
-  struct journal *journal;      /* durable marks, with crash safety */
-};
+#include "tracker-internal.h"
 
 void
 tracker_config_init (struct tracker_config *cfg)
@@ -191,7 +176,12 @@ tracker_free (struct tracker *t)
   journal_free (t->journal);
   sidecar_close (t->sidecar);
   sidecar_close (t->validated);
-  dirtymap_free (t->recording);
+  recorder_free (t->recorder);
+  for (size_t i = 0; i < t->nr_volatiles; ++i) {
+    free (t->volatiles[i].name);
+    dirtymap_free (t->volatiles[i].data);
+  }
+  free (t->volatiles);
   free (t->exportname);
   pthread_mutex_destroy (&t->lock);
   free (t);
@@ -319,7 +309,7 @@ select_bitmaps (struct tracker *t, struct sidecar *sc, bool add)
     tracked += bm->tracked;
   }
   t->warned_in_use = true;
-  if (tracked == 0) {
+  if (tracked == 0 && !cfg->allow_no_bitmaps) {
     nbdkit_error ("%s: no enabled bitmap to record writes into (bitmaps "
                   "in use cannot record); name one with dirtybitmap=NAME "
                   "(it is created if missing)", sc->path);
@@ -386,7 +376,7 @@ journal_bits (const struct tracker_config *cfg, const char *path,
 static unsigned
 finest_granularity (const struct tracker_config *cfg, const struct sidecar *sc)
 {
-  unsigned finest = QCOW2_BITMAP_MAX_GRAN_BITS;
+  unsigned finest = QCOW2_BITMAP_MAX_GRAN_BITS + 1;
   size_t i;
 
   if (sc == NULL)
@@ -399,7 +389,8 @@ finest_granularity (const struct tracker_config *cfg, const struct sidecar *sc)
     if (sidecar_find ((struct sidecar *) sc, cfg->names[i]) == NULL &&
         cfg->granularity_bits < finest)
       finest = cfg->granularity_bits;
-  return finest;
+  /* None yet: bitmaps added later most likely take the default. */
+  return finest <= QCOW2_BITMAP_MAX_GRAN_BITS ? finest : cfg->granularity_bits;
 }
 
 int
@@ -413,10 +404,11 @@ tracker_validate (struct tracker *t, uint64_t export_size)
     nbdkit_error ("the export is empty (0 bytes): there is nothing to track");
     return -1;
   }
+  t->probed_size = export_size;
   if (access (path, F_OK) == -1 && errno == ENOENT) {
     size_t i;
 
-    if (t->cfg->nr_names == 0) {
+    if (t->cfg->nr_names == 0 && !t->cfg->allow_no_bitmaps) {
       nbdkit_error ("%s does not exist and no bitmap is named: add "
                     "dirtybitmap=NAME to create the sidecar with a bitmap",
                     path);
@@ -485,8 +477,8 @@ tracker_claim_export (struct tracker *t, const char *exportname)
   return r;
 }
 
-static int
-start_locked (struct tracker *t, uint64_t export_size)
+int
+tracker_start_locked (struct tracker *t, uint64_t export_size)
 {
   const char *path = t->cfg->sidecar_path;
   struct sidecar *sc;
@@ -525,9 +517,8 @@ start_locked (struct tracker *t, uint64_t export_size)
                   "regions of %" PRIu64 " bytes", UINT64_C(1) << sc->journal_bits);
   }
 
-  t->recording_bits = finest;
-  t->recording = dirtymap_new (qcow2_blocks_covering (export_size, finest));
-  if (t->recording == NULL)
+  t->recorder = recorder_new (export_size, finest);
+  if (t->recorder == NULL)
     goto err;
   for (i = 0; i < sc->nr_bitmaps; ++i)
     if (sc->bitmaps[i]->tracked)
@@ -556,7 +547,8 @@ tracker_start (struct tracker *t, uint64_t export_size)
                     t->cfg->sidecar_path);
       r = -1;
     }
-    else if (!t->started && (r = start_locked (t, export_size)) == -1)
+    else if (!t->started &&
+             (r = tracker_start_locked (t, export_size)) == -1)
       t->failed = true;
     pthread_mutex_unlock (&t->lock);
     if (r == -1)
@@ -575,20 +567,67 @@ tracker_start (struct tracker *t, uint64_t export_size)
 int
 tracker_mark (struct tracker *t, uint64_t offset, uint64_t count)
 {
-  uint64_t first, last;
-
-  if (count == 0)
-    return 0;
-  first = offset >> t->recording_bits;
-  last = (offset + count - 1) >> t->recording_bits;
   /* Durable first: a request refused for want of its durable mark
    * never reaches the plugin, so it needs no mark at all.
    */
   if (t->journal && journal_mark (t->journal, offset, count) == -1)
     return EIO;
-  if (dirtymap_set_range (t->recording, first, last - first + 1) == -1)
+  if (recorder_mark (t->recorder, offset, count) == -1)
     return ENOMEM;
   return 0;
+}
+
+unsigned
+tracker_recording_bits (const struct tracker *t)
+{
+  unsigned finest = QCOW2_BITMAP_MAX_GRAN_BITS + 1;
+  size_t i;
+
+  if (t->sidecar)
+    for (i = 0; i < t->sidecar->nr_bitmaps; ++i)
+      if (t->sidecar->bitmaps[i]->tracked &&
+          t->sidecar->bitmaps[i]->entry.granularity_bits < finest)
+        finest = t->sidecar->bitmaps[i]->entry.granularity_bits;
+  for (i = 0; i < t->nr_volatiles; ++i)
+    if (t->volatiles[i].enabled &&
+        t->volatiles[i].granularity_bits < finest)
+      finest = t->volatiles[i].granularity_bits;
+  return finest <= QCOW2_BITMAP_MAX_GRAN_BITS ? finest
+                                              : t->cfg->granularity_bits;
+}
+
+static int
+merge_into (struct dirtymap *dst, unsigned dst_bits,
+            const struct dirtymap *src, unsigned src_bits)
+{
+  return dst_bits >= src_bits
+    ? dirtymap_merge_scaled (dst, src, dst_bits - src_bits)
+    : dirtymap_merge_expanded (dst, src, src_bits - dst_bits);
+}
+
+int
+tracker_fold_locked (struct tracker *t, unsigned new_bits)
+{
+  struct sidecar *sc = t->sidecar;
+  struct dirtymap *old;
+  unsigned old_bits;
+  size_t i;
+  int r = 0;
+
+  old = recorder_swap (t->recorder, new_bits, &old_bits);
+  if (old == NULL)
+    return -1;
+  for (i = 0; r == 0 && i < sc->nr_bitmaps; ++i) {
+    struct sidecar_bitmap *bm = sc->bitmaps[i];
+    if (bm->tracked)
+      r = merge_into (bm->data, bm->entry.granularity_bits, old, old_bits);
+  }
+  for (i = 0; r == 0 && i < t->nr_volatiles; ++i)
+    if (t->volatiles[i].enabled)
+      r = merge_into (t->volatiles[i].data, t->volatiles[i].granularity_bits,
+                      old, old_bits);
+  dirtymap_free (old);
+  return r;
 }
 
 bool
@@ -601,7 +640,6 @@ int
 tracker_stop (struct tracker *t)
 {
   struct sidecar *sc = t->sidecar;
-  size_t i;
   int r;
 
   if (!t->started)
@@ -614,14 +652,11 @@ tracker_stop (struct tracker *t)
                   PRIu64 " pages written, %" PRIu64 " requests waited",
                   st.commits, st.pages_written, st.waits);
   }
-  for (i = 0; i < sc->nr_bitmaps; ++i) {
-    struct sidecar_bitmap *bm = sc->bitmaps[i];
-    if (bm->tracked &&
-        dirtymap_merge_scaled (bm->data, t->recording,
-                               bm->entry.granularity_bits - t->recording_bits)
-        == -1)
-      return -1;
-  }
+  pthread_mutex_lock (&t->lock);
+  r = tracker_fold_locked (t, tracker_recording_bits (t));
+  pthread_mutex_unlock (&t->lock);
+  if (r == -1)
+    return -1;
   r = sidecar_store (sc);
   if (r == 0)
     nbdkit_debug ("dirtybitmap: stored the bitmaps in %s", sc->path);

@@ -38,6 +38,7 @@ struct tracker_config {
   bool crash_safe;
   unsigned crash_granularity_bits;  /* 0: the default */
   enum tracker_in_use_policy in_use_policy;
+  bool allow_no_bitmaps;        /* bitmaps may come later (control socket) */
 };
 
 extern void tracker_config_init (struct tracker_config *cfg);
@@ -97,5 +98,65 @@ extern int tracker_stop (struct tracker *t);
  * as the user asked, which nbdkit's exit status must say.
  */
 extern bool tracker_failed (const struct tracker *t);
+
+/* Bitmaps managed while the export serves (the control socket).  Each
+ * call returns 0, or -1 with *ERROR set to a message for the client
+ * (malloc'd, not logged).  Calls before any writer connected start
+ * tracking first, with the export size seen at start-up.
+ */
+enum tracker_action_type {
+  TRACKER_ADD, TRACKER_REMOVE, TRACKER_CLEAR, TRACKER_ENABLE,
+  TRACKER_DISABLE, TRACKER_MERGE,
+};
+
+struct tracker_action {
+  enum tracker_action_type type;
+  const char *name;             /* the bitmap; a merge's target */
+  int64_t granularity;          /* add: bytes, 0 for the default */
+  bool persistent;              /* add: kept in the sidecar */
+  bool disabled;                /* add: created not recording */
+  const char *const *sources;   /* merge: the bitmaps merged in */
+  size_t nr_sources;
+};
+
+/* Apply ACTIONS at one instant with respect to writes: every write is
+ * recorded as if it came entirely before or entirely after all of
+ * them.  Either all are valid and applied, or none is.  Changes to
+ * persistent bitmaps are then committed to the sidecar.
+ */
+extern int tracker_transaction (struct tracker *t,
+                                const struct tracker_action *actions,
+                                size_t nr_actions, char **error);
+
+struct tracker_bitmap_info {
+  char *name;
+  uint64_t granularity;
+  bool recording, persistent, inconsistent;
+  uint64_t dirty_bytes;
+};
+extern int tracker_query (struct tracker *t, struct tracker_bitmap_info **infos,
+                          size_t *nr_infos, char **error);
+extern void tracker_free_infos (struct tracker_bitmap_info *infos, size_t n);
+
+/* Make every persistent bitmap durable in the sidecar now; those not
+ * recording become consistent on disk.
+ */
+extern int tracker_store_now (struct tracker *t, char **error);
+
+struct tracker_extent {
+  uint64_t offset, length;
+};
+/* The dirty ranges of bitmap NAME within [OFFSET, OFFSET + LENGTH), at
+ * most MAX of them into EXTENTS; *NEXT is where to continue, or
+ * UINT64_MAX when the window is done.
+ */
+extern int tracker_extents (struct tracker *t, const char *name,
+                            uint64_t offset, uint64_t length,
+                            struct tracker_extent *extents, size_t max,
+                            size_t *nr_extents, uint64_t *next,
+                            char **error);
+
+/* The export the bitmaps describe, for the control socket's "node". */
+extern const char *tracker_export_name (struct tracker *t);
 
 #endif /* DIRTYBITMAP_TRACKER_H */

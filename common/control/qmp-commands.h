@@ -1,0 +1,15 @@
+/* The control socket's commands, with QMP's names, arguments and
+ * defaults, over the tracker's checkpoint calls.
+ */
+#ifndef DIRTYBITMAP_QMP_COMMANDS_H
+#define DIRTYBITMAP_QMP_COMMANDS_H
+
+#include "qmp-server.h"
+
+/* Most extents one x-dirtybitmap-extents reply holds. */
+#define QMP_EXTENTS_PER_PAGE 1024
+
+/* The dispatcher for qmp_server_start; OPAQUE is the struct tracker. */
+extern qmp_dispatch_fn qmp_commands_dispatch;
+
+#endif /* DIRTYBITMAP_QMP_COMMANDS_H */
