@@ -2,7 +2,8 @@
 # Benchmark: 4 KiB random writes through nbdkit's memory plugin, with
 # and without the dirtybitmap filter, measured by fio's nbd engine; and
 # what crash-safe tracking (dirtybitmap-crash-safe, on by default)
-# costs, once every region is durable and on a fresh bitmap.
+# costs, once every region is durable and on a fresh bitmap; and what
+# many recording bitmaps cost against one.
 #
 # Usage:
 #   make bench
@@ -11,7 +12,7 @@
 #   BENCH_NULL=1 bash tests/benchmark.sh  (noise check, see below)
 #   BENCH_PHASES=fresh bash tests/benchmark.sh   (one phase only)
 #
-# Three phases, each with a fresh nbdkit (so a new memory disk) per run:
+# Four phases, each with a fresh nbdkit (so a new memory disk) per run:
 #
 #   filter  no filter vs the filter with its defaults (so crash-safe,
 #           1M regions), each run after a prefill: the filter's steady
@@ -33,13 +34,27 @@
 #           runs with -v) divided by the data regions first written,
 #           counted from bitmap b0 in the sidecar after the stop (with
 #           qemu-nbd and nbdinfo; without them, over the whole disk).
+#   bitmaps 64 recording bitmaps ("bm64-*") vs 1 ("bm1-*"), with crash
+#           safety on ("*-safe", the default 1M regions) and off
+#           ("*-unsafe"), all at the default granularity (64K), each
+#           nbdkit with dirtybitmap-control=SOCKET.  Each run writes
+#           the whole disk once (so every region is durable), then one
+#           QMP transaction clears every bitmap (BENCH_BITMAPS_ADD=
+#           params: b0..b63 given as 64 dirtybitmap= parameters, so
+#           persistent) or clears b0 and adds b1..b63 with
+#           persistent=false (BENCH_BITMAPS_ADD=qmp), then the measured
+#           writes.  After them, query-dirty-bitmaps must show every
+#           bitmap recording with the same dirty count, above 0: a run
+#           that did not record in all of them fails the benchmark.
+#           Target: bm64/bm1 >= 0.97 for each crash-safety setting.
 #
 # Steady and fresh runs start nbdkit with -v -D nbdkit.backend.datapath=0
 # in every mode alike: debug messages without the per-request ones
 # (a handful of lines per run), to get the journal counters.
 #
 # Environment (all optional):
-#   BENCH_PHASES    phases to run, in order   (default "filter steady fresh")
+#   BENCH_PHASES    phases to run, in order
+#                   (default "filter steady fresh bitmaps")
 #   BENCH_SECONDS   length of each fio run in seconds       (default 10)
 #   BENCH_PAIRS     number of (no-filter, filter) pairs      (default 5)
 #   BENCH_IODEPTH   fio iodepth per job                      (default 16)
@@ -73,6 +88,14 @@
 #                   (the regions first written are counted from b0, of
 #                   granularity 64K: below 64K, in 64K blocks, so the
 #                   fdatasync per GiB figure is then a lower bound)
+#   BENCH_BITMAPS_SECONDS fio run length, bitmaps phase      (default 5)
+#   BENCH_BITMAPS_ROUNDS  ABBA rounds, bitmaps phase         (default 3)
+#   BENCH_BITMAPS_COUNT   bitmaps of the many-bitmap modes   (default 64)
+#   BENCH_BITMAPS_SAFE    crash-safety settings, bitmaps phase:
+#                   "safe", "unsafe" or both      (default "safe unsafe")
+#   BENCH_BITMAPS_ADD     how the many bitmaps are made: "params" (all
+#                   dirtybitmap=NAME, persistent) or "qmp" (added over
+#                   the control socket, persistent=false) (default params)
 #   BENCH_SIDECAR_DIR     where sidecars are made (a new directory inside
 #                   it).  By default the temporary directory, unless that
 #                   is on tmpfs or ramfs, where fdatasync costs nothing:
@@ -128,7 +151,7 @@ bench_cmd+="bash $(printf '%q' "$0")"
 for a in "$@"; do bench_cmd+=" $(printf '%q' "$a")"; done
 bench_cwd="$PWD"
 
-BENCH_PHASES="${BENCH_PHASES:-filter steady fresh}"
+BENCH_PHASES="${BENCH_PHASES:-filter steady fresh bitmaps}"
 BENCH_SECONDS="${BENCH_SECONDS:-10}"
 BENCH_PAIRS="${BENCH_PAIRS:-5}"
 BENCH_IODEPTH="${BENCH_IODEPTH:-16}"
@@ -144,6 +167,11 @@ BENCH_STEADY_GRANS="${BENCH_STEADY_GRANS:-1M}"
 BENCH_FRESH_SECONDS="${BENCH_FRESH_SECONDS:-4}"
 BENCH_FRESH_ROUNDS="${BENCH_FRESH_ROUNDS:-3}"
 BENCH_FRESH_GRANS="${BENCH_FRESH_GRANS:-1M 64K}"
+BENCH_BITMAPS_SECONDS="${BENCH_BITMAPS_SECONDS:-5}"
+BENCH_BITMAPS_ROUNDS="${BENCH_BITMAPS_ROUNDS:-3}"
+BENCH_BITMAPS_COUNT="${BENCH_BITMAPS_COUNT:-64}"
+BENCH_BITMAPS_SAFE="${BENCH_BITMAPS_SAFE:-safe unsafe}"
+BENCH_BITMAPS_ADD="${BENCH_BITMAPS_ADD:-params}"
 BENCH_SIDECAR_DIR="${BENCH_SIDECAR_DIR:-}"
 BENCH_STEADY_DISK="${BENCH_STEADY_DISK:-1G}"
 DISK_SIZE=1G                    # the disk of the filter and fresh phases
@@ -153,6 +181,7 @@ disk_size="$DISK_SIZE"          # the disk of the phase being run
 BLOCK_SIZE=4k
 TARGET=0.97
 STEADY_TARGET=0.95
+BITMAPS_TARGET=0.97
 
 die ()
 {
@@ -162,7 +191,8 @@ die ()
 
 for v in BENCH_SECONDS BENCH_PAIRS BENCH_IODEPTH BENCH_NUMJOBS \
          BENCH_STEADY_SECONDS BENCH_STEADY_PAIRS \
-         BENCH_FRESH_SECONDS BENCH_FRESH_ROUNDS; do
+         BENCH_FRESH_SECONDS BENCH_FRESH_ROUNDS \
+         BENCH_BITMAPS_SECONDS BENCH_BITMAPS_ROUNDS BENCH_BITMAPS_COUNT; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v='${!v}' is not a positive integer"
 done
 [[ "$BENCH_RAMP" =~ ^[0-9]+$ ]] || die "BENCH_RAMP='$BENCH_RAMP' is not an integer"
@@ -172,11 +202,24 @@ done
 [[ "$BENCH_NULL" =~ ^[01]$ ]] || die "BENCH_NULL='$BENCH_NULL' must be 0 or 1"
 for p in $BENCH_PHASES; do
   case "$p" in
-    filter|steady|fresh) ;;
-    *) die "BENCH_PHASES: unknown phase '$p' (filter, steady, fresh)" ;;
+    filter|steady|fresh|bitmaps) ;;
+    *) die "BENCH_PHASES: unknown phase '$p' (filter, steady, fresh, bitmaps)" ;;
   esac
 done
 [ -n "${BENCH_PHASES// /}" ] || die "BENCH_PHASES is empty"
+[ "$BENCH_BITMAPS_COUNT" -ge 2 ] && [ "$BENCH_BITMAPS_COUNT" -le 1000 ] ||
+  die "BENCH_BITMAPS_COUNT='$BENCH_BITMAPS_COUNT' must be from 2 to 1000"
+[ -n "${BENCH_BITMAPS_SAFE// /}" ] || die "BENCH_BITMAPS_SAFE is empty"
+for s in $BENCH_BITMAPS_SAFE; do
+  case "$s" in
+    safe|unsafe) ;;
+    *) die "BENCH_BITMAPS_SAFE: '$s' is neither safe nor unsafe" ;;
+  esac
+done
+case "$BENCH_BITMAPS_ADD" in
+  params|qmp) ;;
+  *) die "BENCH_BITMAPS_ADD='$BENCH_BITMAPS_ADD' must be params or qmp" ;;
+esac
 
 # size_bytes SIZE: bytes in SIZE (a number with an optional K, M, G or T).
 size_bytes ()
@@ -337,6 +380,7 @@ sock="$tmpdir/nbd.sock"
 pidfile="$tmpdir/nbdkit.pid"
 sidecar="$sidecar_dir/sidecar.qcow2"
 nbdkit_log="$tmpdir/nbdkit.log"
+control="$tmpdir/qmp.sock"      # the bitmaps phase's control socket
 uri="nbd+unix:///?socket=$sock"
 
 # Modes:
@@ -345,6 +389,8 @@ uri="nbd+unix:///?socket=$sock"
 #   unsafe               the filter, dirtybitmap-crash-safe=false
 #   safe-SIZE            the filter, dirtybitmap-crash-safe=true and
 #                        dirtybitmap-crash-granularity=SIZE
+#   bmN-safe, bmN-unsafe the filter with N recording bitmaps (b0 ...),
+#                        crash-safe or not, and a control socket
 # unsafe and safe-* run with debug messages (see the top).
 mode_has_filter ()
 {
@@ -358,7 +404,7 @@ mode_has_filter ()
 # bounded, until it accepts connections.
 start_nbdkit ()
 {
-  local mode="$1" i
+  local mode="$1" i n
   local -a cmd=("${nbdkit_pin[@]}" nbdkit -f -U "$sock" -P "$pidfile")
 
   rm -f "$sock" "$pidfile"
@@ -374,6 +420,17 @@ start_nbdkit ()
       unsafe) cmd+=(dirtybitmap-crash-safe=false) ;;
       safe-*) cmd+=(dirtybitmap-crash-safe=true
                     dirtybitmap-crash-granularity="${mode#safe-}") ;;
+      bm*)
+        cmd+=(dirtybitmap-control="$control")
+        n="${mode%%-*}"
+        n="${n#bm}"
+        if [ "$BENCH_BITMAPS_ADD" = params ]; then
+          for (( i = 1; i < n; i++ )); do cmd+=(dirtybitmap="b$i"); done
+        fi
+        case "$mode" in
+          *-unsafe) cmd+=(dirtybitmap-crash-safe=false) ;;
+        esac
+        ;;
     esac
   else
     cmd+=(memory "$disk_size")
@@ -517,8 +574,10 @@ run_bg ()
 }
 
 # run_fio MODE N SECONDS RAMP PREFILL: one timed run (after a prefill
-# if PREFILL is 1); sets IOPS to the write IOPS and IOPS1 to those of
-# the first second.
+# if PREFILL is 1, and the function named by $before_measuring, if
+# any, called with MODE N); sets IOPS to the write IOPS and IOPS1 to
+# those of the first second.
+before_measuring=
 run_fio ()
 {
   local mode="$1" n="$2" seconds="$3" ramp="$4" prefill="$5"
@@ -547,6 +606,9 @@ while off < size:
     cat "$err" >&2
     die "fio prefill ($mode, run $n) failed"
   fi
+  if [ -n "$before_measuring" ]; then
+    "$before_measuring" "$mode" "$n"
+  fi
   rm -rf "$logdir"
   mkdir "$logdir"
   if ! run_bg "$err" "${fio_pin[@]}" fio --name="randwrite-$mode" \
@@ -574,6 +636,11 @@ steady_modes="unsafe"
 for g in $BENCH_STEADY_GRANS; do steady_modes+=" safe-$g"; done
 fresh_modes="unsafe"
 for g in $BENCH_FRESH_GRANS; do fresh_modes+=" safe-$g"; done
+bitmaps_modes=""
+for s in $BENCH_BITMAPS_SAFE; do
+  bitmaps_modes+="bm1-$s bm$BENCH_BITMAPS_COUNT-$s "
+done
+bitmaps_modes="${bitmaps_modes% }"
 
 has_phase ()
 {
@@ -638,6 +705,20 @@ if has_phase fresh; then
   else
     echo "                  regions first written: qemu-nbd or nbdinfo missing: the whole disk is assumed"
   fi
+fi
+if has_phase bitmaps; then
+  echo "  phase bitmaps:  modes $bitmaps_modes (BENCH_BITMAPS_COUNT, BENCH_BITMAPS_SAFE)"
+  echo "                  each run: control socket, sequential 1M-block pass over the whole disk,"
+  if [ "$BENCH_BITMAPS_ADD" = params ]; then
+    echo "                  bitmaps b0.. given as dirtybitmap= parameters (persistent), one QMP"
+    echo "                  transaction clearing them all, then (BENCH_BITMAPS_ADD)"
+  else
+    echo "                  one QMP transaction clearing b0 and adding b1.. (persistent=false),"
+    echo "                  then (BENCH_BITMAPS_ADD)"
+  fi
+  echo "                  time_based runtime=${BENCH_BITMAPS_SECONDS}s ramp_time=${BENCH_RAMP}s (BENCH_BITMAPS_SECONDS, BENCH_RAMP),"
+  echo "                  then query-dirty-bitmaps: every bitmap recording, same count > 0"
+  echo "                  rounds: $BENCH_BITMAPS_ROUNDS (BENCH_BITMAPS_ROUNDS), ABBA order"
 fi
 echo
 
@@ -937,10 +1018,157 @@ phase_cs ()
   echo
 }
 
+# --- Phase "bitmaps": many recording bitmaps vs one. ---
+
+# The bitmaps' QMP steps, on the control socket: argv: socket, tests
+# directory (for qmp.py), step, mode, bitmap count.  Step "prepare":
+# one transaction making every bitmap of the mode empty and recording
+# (clear the given ones, add the rest with persistent=false).  Step
+# "check": every bitmap recording, all with the same dirty count,
+# above 0; prints that count.
+read -r -d '' bitmaps_qmp_py <<'EOF' || :
+import sys
+sock, tests, step, mode, n, add = sys.argv[1:7]
+sys.path.insert(0, tests)
+import qmp
+n = int(n)
+names = ["b%d" % i for i in range(n)]
+c = qmp.Client(sock)
+if step == "prepare":
+    actions = []
+    for i, name in enumerate(names):
+        if add == "params" or i == 0:
+            actions.append({"type": "block-dirty-bitmap-clear",
+                            "data": {"name": name}})
+        else:
+            actions.append({"type": "block-dirty-bitmap-add",
+                            "data": {"name": name, "persistent": False}})
+    c.ok("transaction", {"actions": actions})
+    infos = c.ok("query-dirty-bitmaps")
+    bad = [b for b in infos if b["count"] != 0 or not b["recording"]]
+    if sorted(b["name"] for b in infos) != sorted(names) or bad:
+        sys.exit("%s: after the transaction: %r" % (mode, infos))
+else:
+    infos = c.ok("query-dirty-bitmaps")
+    got = sorted(b["name"] for b in infos)
+    if got != sorted(names):
+        sys.exit("%s: expected bitmaps b0..b%d, found %s" % (mode, n - 1, got))
+    counts = set(b["count"] for b in infos)
+    bad = [b["name"] for b in infos if not b["recording"]]
+    if bad or len(counts) != 1 or 0 in counts:
+        sys.exit("%s: not every bitmap recorded the writes: %r"
+                 % (mode, infos))
+    print(counts.pop())
+c.close()
+EOF
+
+# bitmaps_count MODE: the number of bitmaps of a bitmaps-phase mode.
+bitmaps_count ()
+{
+  local n="${1%%-*}"
+  echo "${n#bm}"
+}
+
+# bitmaps_prepare MODE N: run_fio's hook, between prefill and measuring.
+bitmaps_prepare ()
+{
+  "$PYTHON" -c "$bitmaps_qmp_py" "$control" "$abs_top_srcdir/tests" \
+    prepare "$1" "$(bitmaps_count "$1")" "$BENCH_BITMAPS_ADD" ||
+    die "could not prepare the bitmaps ($1, run $2)"
+}
+
+phase_bitmaps ()
+{
+  local round mode run results warm dirty
+
+  echo "== phase bitmaps: $BENCH_BITMAPS_COUNT recording bitmaps vs 1 =="
+  before_measuring=bitmaps_prepare
+  if [ "$BENCH_WARMUP" = 1 ] && [ "$warmed" = 0 ]; then
+    warm=""
+    for mode in $bitmaps_modes; do
+      one_run "$mode" w-bitmaps "$BENCH_BITMAPS_SECONDS" "$BENCH_RAMP" 1
+      warm+=" $mode $IOPS IOPS,"
+    done
+    echo "warm-up (not counted):${warm%,}"
+    echo
+    warmed=1
+  fi
+
+  results="$tmpdir/results-bitmaps"
+  : >"$results"
+  printf '%-4s %-5s %-12s %12s %14s\n' run round mode "write IOPS" "dirty bytes"
+  run=0
+  for round in $(seq "$BENCH_BITMAPS_ROUNDS"); do
+    # shellcheck disable=SC2086
+    for mode in $(round_order "$round" $bitmaps_modes); do
+      run=$((run + 1))
+      start_nbdkit "$mode"
+      run_fio "$mode" "bitmaps$run" "$BENCH_BITMAPS_SECONDS" "$BENCH_RAMP" 1
+      dirty="$("$PYTHON" -c "$bitmaps_qmp_py" "$control" \
+                 "$abs_top_srcdir/tests" check "$mode" \
+                 "$(bitmaps_count "$mode")" "$BENCH_BITMAPS_ADD")" ||
+        die "the bitmaps did not all record ($mode, run $run)"
+      stop_nbdkit "$mode"
+      echo "$round $mode $IOPS" >>"$results"
+      printf '%-4s %-5s %-12s %12s %14s\n' "$run" "$round" "$mode" "$IOPS" \
+        "$dirty"
+    done
+  done
+  before_measuring=
+  echo
+
+  "$PYTHON" - "$results" "$BITMAPS_TARGET" "$BENCH_BITMAPS_COUNT" \
+    "$BENCH_BITMAPS_ADD" "$summary" <<'EOF' ||
+import statistics, sys
+results, target, n, add, summary = sys.argv[1:6]
+target = float(target)
+runs, rounds, order = {}, {}, []
+with open(results) as f:
+    for line in f:
+        r, mode, iops = line.split()
+        if mode not in runs:
+            runs[mode] = []
+            order.append(mode)
+        runs[mode].append(float(iops))
+        rounds.setdefault(int(r), {})[mode] = float(iops)
+for mode in order:
+    v = runs[mode]
+    m = statistics.median(v)
+    print("%-12s median %10.1f IOPS  (min %.1f, max %.1f, spread %.1f%% of median, n=%d)"
+          % (mode, m, min(v), max(v), (max(v) - min(v)) / m * 100, len(v)))
+out = []
+for safety in ("safe", "unsafe"):
+    one, many = "bm1-" + safety, "bm%s-%s" % (n, safety)
+    if one not in runs:
+        continue
+    ratio = statistics.median(runs[many]) / statistics.median(runs[one])
+    per_round = [rounds[r][many] / rounds[r][one] for r in sorted(rounds)]
+    best = max(runs[many]) / max(runs[one])
+    line = ("%s/%s: ratio %.3f (medians %.0f / %.0f IOPS), per-round %s, "
+            "best-run %.3f (target >= %.2f: %s)"
+            % (many, one, ratio, statistics.median(runs[many]),
+               statistics.median(runs[one]),
+               " ".join("%.3f" % x for x in per_round), best, target,
+               "met" if ratio >= target else "NOT met"))
+    print(line)
+    out.append("  " + line)
+with open(summary, "a") as s:
+    s.write("%s recording bitmaps vs 1 (%s; every region durable, all "
+            "bitmaps checked to record):\n"
+            % (n, "64K, dirtybitmap= parameters, persistent" if add == "params"
+               else "64K, added over QMP, persistent=false"))
+    for line in out:
+        s.write(line + "\n")
+EOF
+    die "could not summarise the bitmaps phase"
+  echo
+}
+
 for p in $BENCH_PHASES; do
   case "$p" in
     filter) phase_filter ;;
     steady|fresh) phase_cs "$p" ;;
+    bitmaps) phase_bitmaps ;;
   esac
 done
 

@@ -63,11 +63,16 @@ cleanup_fn rm -rf "$tmpdir"
 # An nbdkit wrapper first in PATH does that however nbdkit is started
 # (directly, under timeout or fiu-run); the filter then removes the
 # preload from nbdkit's environment, so what nbdkit starts is clean.
+# libp11-kit (which nbdkit loads through gnutls) is preloaded too: its
+# constructor would otherwise call newlocale while the ASan runtime
+# initialises inside it, which leaves glibc's locale lock miscounted,
+# and every later newlocale (json-c calls it for each parse) hangs.
 if ldd "$FILTER" | grep -q libasan; then
   mkdir "$tmpdir/sanitizer-bin"
+  p11kit="$(ldd "$(command -v nbdkit)" | awk '/libp11-kit/ { print $3 }')"
   cat > "$tmpdir/sanitizer-bin/nbdkit" <<WRAPPER
 #!/bin/sh
-export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)\${LD_PRELOAD:+ \$LD_PRELOAD}"
+export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)${p11kit:+ $p11kit}\${LD_PRELOAD:+ \$LD_PRELOAD}"
 export ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0:abort_on_error=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 exec $(command -v nbdkit) "\$@"

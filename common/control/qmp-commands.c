@@ -63,7 +63,7 @@ get (struct args *a, const char *key, json_type type, const char *what,
   if (!json_object_object_get_ex (a->obj, key, &v))
     return 1;
   if (!json_object_is_type (v, type)) {
-    error (a, "argument '%s' must be a %s", key, what);
+    error (a, "argument '%s' must be %s", key, what);
     return -1;
   }
   *value = v;
@@ -74,7 +74,7 @@ static int
 get_string (struct args *a, const char *key, bool required, const char **s)
 {
   struct json_object *v;
-  int r = get (a, key, json_type_string, "string", &v);
+  int r = get (a, key, json_type_string, "a string", &v);
 
   if (r == 0)
     *s = json_object_get_string (v);
@@ -89,7 +89,7 @@ static int
 get_bool (struct args *a, const char *key, bool *b)
 {
   struct json_object *v;
-  int r = get (a, key, json_type_boolean, "boolean", &v);
+  int r = get (a, key, json_type_boolean, "a boolean", &v);
 
   if (r == 0)
     *b = json_object_get_boolean (v);
@@ -100,7 +100,7 @@ static int
 get_uint (struct args *a, const char *key, uint64_t *u)
 {
   struct json_object *v;
-  int r = get (a, key, json_type_int, "integer", &v);
+  int r = get (a, key, json_type_int, "an integer", &v);
 
   if (r == 0) {
     int64_t i = json_object_get_int64 (v);
@@ -191,7 +191,7 @@ parse_action (struct args *a, struct tracker *t, const char *type,
 
     if (get_string (a, "target", true, &act->name) == -1)
       return -1;
-    if (get (a, "bitmaps", json_type_array, "array", &list) != 0) {
+    if (get (a, "bitmaps", json_type_array, "an array", &list) != 0) {
       if (!json_object_object_get_ex (a->obj, "bitmaps", &list))
         error (a, "missing argument 'bitmaps'");
       return -1;
@@ -279,7 +279,7 @@ transaction (struct args *a, struct tracker *t)
   a->known = keys;
   if (check_keys (a) == -1)
     return NULL;
-  if (get (a, "properties", json_type_object, "object", &props) == 0) {
+  if (get (a, "properties", json_type_object, "an object", &props) == 0) {
     /* Only the default completion mode makes sense without jobs. */
     json_object_object_foreach (props, key, value) {
       if (strcmp (key, "completion-mode") != 0 ||
@@ -290,7 +290,7 @@ transaction (struct args *a, struct tracker *t)
   }
   else if (*a->error_desc)
     return NULL;
-  if (get (a, "actions", json_type_array, "array", &list) != 0) {
+  if (get (a, "actions", json_type_array, "an array", &list) != 0) {
     if (*a->error_desc == NULL)
       error (a, "missing argument 'actions'");
     return NULL;
@@ -314,7 +314,7 @@ transaction (struct args *a, struct tracker *t)
     if (check_keys (&action) == -1 ||
         get_string (&action, "type", true, &type) == -1)
       goto out;
-    if (get (&action, "data", json_type_object, "object", &data) != 0) {
+    if (get (&action, "data", json_type_object, "an object", &data) != 0) {
       if (*a->error_desc == NULL)
         error (a, "missing argument 'actions[%zu].data'", i);
       goto out;

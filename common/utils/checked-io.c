@@ -9,10 +9,10 @@
 
 #include "checked-io.h"
 
-/* The message for ERR, untranslated, formatted here rather than with
- * %m or strerror: these errors are raised in nbdkit's worker threads,
- * where, under ASan, a translated message left glibc's locale lock
- * held and nbdkit hung at exit.
+/* The message for ERR, untranslated: translating takes glibc's locale
+ * lock, which these errors, raised in nbdkit's worker threads, had
+ * better not depend on (under ASan it was once found miscounted by
+ * library start-up, and nbdkit hung at exit).
  */
 static const char *
 error_text (int err)
