@@ -233,3 +233,39 @@ wait_nbdkit_exit ()
   done
   _cleanup_actions=("${_cleanup_actions[@]}")
 }
+
+# The control socket of the nbdkit that start_nbdkit_background started
+# (dirtybitmap-control="$ctl"): wait until it is there.
+wait_control ()
+{
+  local i
+  for (( i = 0; i < 200; i++ )); do
+    [ -S "$ctl" ] && return 0
+    kill -0 "$nbdkit_pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  cat "$sock.err" >&2
+  fail "no control socket at $ctl"
+}
+
+# Run QMP commands (tests/qmp.py syntax) on "$ctl"; each must return {}.
+qmp_ok ()
+{
+  local out
+  out="$(/usr/bin/python3 "$abs_top_srcdir/tests/qmp.py" "$ctl" "$@")"
+  [ "$out" = "$(printf '{"return":{}}\n%.0s' $(seq $(( $# / 2 ))))" ] ||
+    fail "qmp $*: $out"
+}
+
+# Write the "offset length" lines of RANGES to "$uri", filled with the
+# byte FILL (default "w").
+write_ranges ()
+{
+  RANGES="$1" FILL="${2:-w}" nbdsh_script "$uri" <<'EOF'
+import os
+fill = os.environ["FILL"].encode()
+for line in os.environ["RANGES"].split("\n"):
+    offset, length = map(int, line.split())
+    h.pwrite(fill * length, offset)
+EOF
+}

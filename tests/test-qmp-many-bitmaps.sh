@@ -24,18 +24,6 @@ ctl="$tmpdir/ctl"
 size=$((64 * 1024 * 1024))
 export PYTHONPATH="$abs_top_srcdir/tests"
 
-wait_control ()
-{
-  local i
-  for (( i = 0; i < 200; i++ )); do
-    [ -S "$ctl" ] && return 0
-    kill -0 "$nbdkit_pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  cat "$sock.err" >&2
-  fail "no control socket at $ctl"
-}
-
 start_nbdkit_background "$sock" memory $size \
   dirtybitmap-file="$sidecar" dirtybitmap-control="$ctl"
 wait_control

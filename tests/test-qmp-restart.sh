@@ -11,21 +11,7 @@ sock="$tmpdir/nbd.sock"
 ctl="$tmpdir/ctl"
 uri="nbd+unix:///?socket=$sock"
 size=$((8 * 1024 * 1024))
-qmp_py="$abs_top_srcdir/tests/qmp.py"
 export PYTHONPATH="$abs_top_srcdir/tests"
-
-# The control socket appears (listening) just after nbdkit's own.
-wait_control ()
-{
-  local i
-  for (( i = 0; i < 200; i++ )); do
-    [ -S "$ctl" ] && return 0
-    kill -0 "$nbdkit_pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  cat "$sock.err" >&2
-  fail "no control socket at $ctl"
-}
 
 start ()
 {
@@ -42,24 +28,6 @@ stop ()
   [ "$status" -eq 0 ] || { cat "$sock.err" >&2; fail "nbdkit exited $status"; }
   [ ! -e "$ctl" ] || fail "$ctl is left behind"
   qemu_check "$sidecar"
-}
-
-qmp_ok ()
-{
-  local out
-  out="$(/usr/bin/python3 "$qmp_py" "$ctl" "$@")"
-  [ "$out" = "$(printf '{"return":{}}\n%.0s' $(seq $(( $# / 2 ))))" ] ||
-    fail "qmp $*: $out"
-}
-
-write_ranges ()
-{
-  RANGES="$1" nbdsh_script "$uri" <<'EOF'
-import os
-for line in os.environ["RANGES"].split("\n"):
-    offset, length = map(int, line.split())
-    h.pwrite(b"r" * length, offset)
-EOF
 }
 
 # query-dirty-bitmaps, one line per bitmap sorted by name: name,
@@ -135,9 +103,9 @@ qmp_ok block-dirty-bitmap-add '{"name":"E","persistent":true}' \
        block-dirty-bitmap-add '{"name":"R1","persistent":true}' \
        block-dirty-bitmap-add '{"name":"R2","persistent":true}' \
        block-dirty-bitmap-add '{"name":"V"}'
-write_ranges "$w1"
+write_ranges "$w1" r
 qmp_ok block-dirty-bitmap-disable '{"name":"D"}'
-write_ranges "$w2"
+write_ranges "$w2" r
 qmp_ok block-dirty-bitmap-remove '{"name":"R1"}'
 e_map="$(printf '%s\n%s\n' "$w1" "$w2" | expected_map 65536 $size)"
 d_map="$(expected_map 65536 $size <<< "$w1")"
@@ -169,11 +137,11 @@ assert_qmp_map E "$e_map"
 assert_qmp_map D "$d_map"
 assert_qmp_map F "$f_map"
 # E and F keep recording, D does not; R2 goes; P is added.
-write_ranges "$w3"
+write_ranges "$w3" r
 qmp_ok block-dirty-bitmap-remove '{"name":"R2"}' \
        block-dirty-bitmap-add '{"name":"P","persistent":true,"disabled":true}' \
        block-dirty-bitmap-add '{"name":"V2"}'
-write_ranges "$w4"
+write_ranges "$w4" r
 qmp_ok block-dirty-bitmap-merge '{"target":"P","bitmaps":["D"]}'
 e_map="$(printf '%s\n%s\n%s\n%s\n' "$w1" "$w2" "$w3" "$w4" |
          expected_map 65536 $size)"

@@ -14,41 +14,7 @@ sock="$tmpdir/nbd.sock"
 ctl="$tmpdir/ctl"
 uri="nbd+unix:///?socket=$sock"
 size=$((8 * 1024 * 1024))
-qmp_py="$abs_top_srcdir/tests/qmp.py"
 export PYTHONPATH="$abs_top_srcdir/tests"
-
-# The control socket appears (listening) just after nbdkit's own.
-wait_control ()
-{
-  local i
-  for (( i = 0; i < 200; i++ )); do
-    [ -S "$ctl" ] && return 0
-    kill -0 "$nbdkit_pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  cat "$sock.err" >&2
-  fail "no control socket at $ctl"
-}
-
-# Run QMP commands (qmp.py's arguments); each must reply {"return": {}}.
-qmp_ok ()
-{
-  local out
-  out="$(/usr/bin/python3 "$qmp_py" "$ctl" "$@")"
-  [ "$out" = "$(printf '{"return":{}}\n%.0s' $(seq $(( $# / 2 ))))" ] ||
-    fail "qmp $*: $out"
-}
-
-# Write the "offset length" ranges of $1 through the export.
-write_ranges ()
-{
-  RANGES="$1" nbdsh_script "$uri" <<'EOF'
-import os
-for line in os.environ["RANGES"].split("\n"):
-    offset, length = map(int, line.split())
-    h.pwrite(b"s" * length, offset)
-EOF
-}
 
 # The dirty ranges of bitmap $1 as x-dirtybitmap-extents reports them.
 qmp_map ()
@@ -129,7 +95,7 @@ wait_control
 
 # A records from the start; D, disabled, gets what A holds after w1.
 qmp_ok block-dirty-bitmap-add '{"name":"A","persistent":true}'
-write_ranges "$w1"
+write_ranges "$w1" s
 qmp_ok block-dirty-bitmap-add '{"name":"D","persistent":true,"disabled":true}' \
        block-dirty-bitmap-merge '{"target":"D","bitmaps":["A"]}'
 d_expected="$(expected_map 65536 $size <<< "$w1")"
@@ -139,7 +105,7 @@ assert_flags -U "$sidecar" A "in-use,auto 65536"
 assert_flags -U "$sidecar" D " 65536"
 
 # More writes (A only), then a store.
-write_ranges "$w2"
+write_ranges "$w2" s
 qmp_ok x-dirtybitmap-store
 assert_live D "$d_expected"
 [ "$(qmp_map A)" = "$(printf '%s\n%s\n' "$w1" "$w2" |
@@ -160,7 +126,7 @@ grep -q "Bitmap 'A' is inconsistent" "$tmpdir/a.map" ||
 # with what it recorded in between.
 qmp_ok block-dirty-bitmap-enable '{"name":"D"}'
 assert_flags -U "$sidecar" D "in-use,auto 65536"
-write_ranges "$w3"
+write_ranges "$w3" s
 qmp_ok block-dirty-bitmap-disable '{"name":"D"}'
 assert_flags -U "$sidecar" D " 65536"
 d_expected="$(printf '%s\n%s\n' "$w1" "$w3" | expected_map 65536 $size)"
@@ -168,7 +134,7 @@ assert_live D "$d_expected"
 check_shared
 
 # Writes after the last store: in A only.
-write_ranges "$w4"
+write_ranges "$w4" s
 assert_live D "$d_expected"
 a_expected="$(printf '%s\n%s\n%s\n%s\n' "$w1" "$w2" "$w3" "$w4" |
               expected_map 65536 $size)"

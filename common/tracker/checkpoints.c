@@ -46,6 +46,17 @@ ensure_started (struct tracker *t, char **error)
   return 0;
 }
 
+/* Before bitmaps are read or stored: every write so far folded in. */
+static int
+bring_up_to_date (struct tracker *t, char **error)
+{
+  if (ensure_started (t, error) == -1)
+    return -1;
+  if (tracker_fold_locked (t, tracker_recording_bits (t)) == -1)
+    return fail (error, "out of memory");
+  return 0;
+}
+
 /* What a transaction sees of a bitmap, before and while it applies:
  * actions are checked one after the other against this model, so that
  * nothing is applied unless all of them can be.
@@ -444,13 +455,9 @@ tracker_query (struct tracker *t, struct tracker_bitmap_info **infos,
   int r = -1;
 
   pthread_mutex_lock (&t->lock);
-  if (ensure_started (t, error) == -1)
+  if (bring_up_to_date (t, error) == -1)
     goto out;
   sc = t->sidecar;
-  if (tracker_fold_locked (t, tracker_recording_bits (t)) == -1) {
-    fail (error, "out of memory");
-    goto out;
-  }
   out = calloc (sc->nr_bitmaps + t->nr_volatiles + 1, sizeof *out);
   if (out == NULL) {
     fail (error, "out of memory");
@@ -513,13 +520,9 @@ tracker_store_now (struct tracker *t, char **error)
   int r = -1;
 
   pthread_mutex_lock (&t->lock);
-  if (ensure_started (t, error) == -1)
+  if (bring_up_to_date (t, error) == -1)
     goto out;
   sc = t->sidecar;
-  if (tracker_fold_locked (t, tracker_recording_bits (t)) == -1) {
-    fail (error, "out of memory");
-    goto out;
-  }
   for (i = 0; i < sc->nr_bitmaps; ++i)
     if (!sc->bitmaps[i]->inconsistent)
       sc->bitmaps[i]->modified = true;
@@ -560,10 +563,8 @@ tracker_extents (struct tracker *t, const char *name, uint64_t offset,
           PRIu64 " bytes)", offset, t->export_size);
     goto out;
   }
-  if (tracker_fold_locked (t, tracker_recording_bits (t)) == -1) {
-    fail (error, "out of memory");
+  if (bring_up_to_date (t, error) == -1)
     goto out;
-  }
   map = *data_of (h);
   bits = bits_of (h);
   end = length > t->export_size - offset ? t->export_size : offset + length;
