@@ -345,3 +345,12 @@ dirtymap_merge_expanded (struct dirtymap *dst, const struct dirtymap *src,
   }
   return 0;
 }
+
+int
+dirtymap_merge_rescaled (struct dirtymap *dst, unsigned dst_bits,
+                         const struct dirtymap *src, unsigned src_bits)
+{
+  return dst_bits >= src_bits
+    ? dirtymap_merge_scaled (dst, src, dst_bits - src_bits)
+    : dirtymap_merge_expanded (dst, src, src_bits - dst_bits);
+}

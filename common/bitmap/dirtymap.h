@@ -91,4 +91,12 @@ extern int dirtymap_merge_expanded (struct dirtymap *dst,
                                     const struct dirtymap *src,
                                     unsigned shift);
 
+/* OR SRC, of granules of 1 << SRC_BITS bytes, into DST, of granules
+ * of 1 << DST_BITS bytes, whichever is the coarser: every byte dirty
+ * in SRC ends up in a dirty granule of DST.
+ */
+extern int dirtymap_merge_rescaled (struct dirtymap *dst, unsigned dst_bits,
+                                    const struct dirtymap *src,
+                                    unsigned src_bits);
+
 #endif /* DIRTYBITMAP_DIRTYMAP_H */

@@ -460,6 +460,16 @@ qcow2_bitmap_table_size (uint64_t virtual_size, unsigned granularity_bits,
                                 granularity_bits + 3 + cluster_bits);
 }
 
+int
+qcow2_granularity_bits (int64_t bytes)
+{
+  if (bytes < (INT64_C(1) << QCOW2_BITMAP_MIN_GRAN_BITS) ||
+      bytes > (INT64_C(1) << QCOW2_BITMAP_MAX_GRAN_BITS) ||
+      (bytes & (bytes - 1)) != 0)
+    return -1;
+  return __builtin_ctzll (bytes);
+}
+
 unsigned
 qcow2_bitmap_fitting_granularity (uint64_t virtual_size,
                                   unsigned granularity_bits,

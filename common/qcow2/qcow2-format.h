@@ -216,6 +216,11 @@ extern uint64_t qcow2_bitmap_table_size (uint64_t virtual_size,
                                          unsigned granularity_bits,
                                          unsigned cluster_bits);
 
+/* log2 of a bitmap granularity of BYTES, or -1 unless BYTES is a power
+ * of two QEMU accepts (512 to 2G); logs nothing.
+ */
+extern int qcow2_granularity_bits (int64_t bytes);
+
 /* The smallest granularity from GRANULARITY_BITS up whose bitmap fits
  * QEMU's limits for that disk (QCOW2_BITMAP_MAX_GRAN_BITS + 1 if
  * none), without logging anything.

@@ -654,20 +654,16 @@ static int
 recover_bitmaps (struct sidecar *sc)
 {
   const struct sidecar_bitmap *journal = sc->old_journal;
-  unsigned jbits = journal ? journal->entry.granularity_bits : 0;
   size_t i;
 
   for (i = 0; i < sc->nr_bitmaps; ++i) {
     struct sidecar_bitmap *bm = sc->bitmaps[i];
-    unsigned bbits = bm->entry.granularity_bits;
-    int r;
 
     if (!bm->recovered)
       continue;
-    r = jbits >= bbits
-      ? dirtymap_merge_expanded (bm->data, journal->data, jbits - bbits)
-      : dirtymap_merge_scaled (bm->data, journal->data, bbits - jbits);
-    if (r == -1)
+    if (dirtymap_merge_rescaled (bm->data, bm->entry.granularity_bits,
+                                 journal->data,
+                                 journal->entry.granularity_bits) == -1)
       return -1;
     bm->inconsistent = false;
     bm->modified = true;

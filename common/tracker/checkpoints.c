@@ -147,17 +147,17 @@ static int
 granularity_of (struct tracker *t, const struct tracker_action *a,
                 unsigned *bits, char **error)
 {
-  int64_t g = a->granularity;
+  int b;
 
-  if (g == 0) {
+  if (a->granularity == 0) {
     *bits = t->cfg->granularity_bits;
     return 0;
   }
-  if (g < 512 || g > (INT64_C(1) << QCOW2_BITMAP_MAX_GRAN_BITS) ||
-      (g & (g - 1)) != 0)
+  b = qcow2_granularity_bits (a->granularity);
+  if (b == -1)
     return fail (error, "Granularity must be a power of 2 from 512 to "
-                 "2147483648, not %" PRIi64, g);
-  *bits = __builtin_ctzll (g);
+                 "2147483648, not %" PRIi64, a->granularity);
+  *bits = b;
   return 0;
 }
 
@@ -323,13 +323,10 @@ remove_volatile (struct tracker *t, struct volatile_bitmap *vb)
 static int
 merge_bitmaps (struct handle dst, struct handle src)
 {
-  unsigned db = bits_of (dst), sb = bits_of (src);
-
   if (dst.bm)
     dst.bm->modified = true;
-  return db >= sb
-    ? dirtymap_merge_scaled (*data_of (dst), *data_of (src), db - sb)
-    : dirtymap_merge_expanded (*data_of (dst), *data_of (src), sb - db);
+  return dirtymap_merge_rescaled (*data_of (dst), bits_of (dst),
+                                  *data_of (src), bits_of (src));
 }
 
 /* Apply one checked action; fails only when memory runs out. */
@@ -344,7 +341,7 @@ apply_action (struct tracker *t, const struct tracker_action *a,
   *persistent_changed |= h.bm != NULL;
   switch (a->type) {
   case TRACKER_ADD:
-    bits = a->granularity ? (unsigned) __builtin_ctzll (a->granularity)
+    bits = a->granularity ? (unsigned) qcow2_granularity_bits (a->granularity)
                           : t->cfg->granularity_bits;
     if (!a->persistent)
       return add_volatile (t, a->name, bits, !a->disabled);
@@ -546,7 +543,7 @@ tracker_extents (struct tracker *t, const char *name, uint64_t offset,
   int r = -1;
 
   pthread_mutex_lock (&t->lock);
-  if (ensure_started (t, error) == -1)
+  if (bring_up_to_date (t, error) == -1)
     goto out;
   h = find_bitmap (t, name);
   if (h.bm == NULL && h.vb == NULL) {
@@ -563,8 +560,6 @@ tracker_extents (struct tracker *t, const char *name, uint64_t offset,
           PRIu64 " bytes)", offset, t->export_size);
     goto out;
   }
-  if (bring_up_to_date (t, error) == -1)
-    goto out;
   map = *data_of (h);
   bits = bits_of (h);
   end = length > t->export_size - offset ? t->export_size : offset + length;

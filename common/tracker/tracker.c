@@ -95,16 +95,14 @@ static int
 granularity_bits (const char *key, int64_t granularity, const char *example,
                   unsigned *bits)
 {
-  const int64_t min = INT64_C(1) << QCOW2_BITMAP_MIN_GRAN_BITS;
-  const int64_t max = INT64_C(1) << QCOW2_BITMAP_MAX_GRAN_BITS;
+  int b = qcow2_granularity_bits (granularity);
 
-  if (granularity < min || granularity > max ||
-      (granularity & (granularity - 1)) != 0) {
+  if (b == -1) {
     nbdkit_error ("%s=%" PRIi64 ": must be a power of two from 512 to 2G "
                   "(for example %s)", key, granularity, example);
     return -1;
   }
-  *bits = __builtin_ctzll (granularity);
+  *bits = b;
   return 0;
 }
 
@@ -596,15 +594,6 @@ tracker_recording_bits (const struct tracker *t)
                                               : t->cfg->granularity_bits;
 }
 
-static int
-merge_into (struct dirtymap *dst, unsigned dst_bits,
-            const struct dirtymap *src, unsigned src_bits)
-{
-  return dst_bits >= src_bits
-    ? dirtymap_merge_scaled (dst, src, dst_bits - src_bits)
-    : dirtymap_merge_expanded (dst, src, src_bits - dst_bits);
-}
-
 int
 tracker_fold_locked (struct tracker *t, unsigned new_bits)
 {
@@ -620,12 +609,14 @@ tracker_fold_locked (struct tracker *t, unsigned new_bits)
   for (i = 0; r == 0 && i < sc->nr_bitmaps; ++i) {
     struct sidecar_bitmap *bm = sc->bitmaps[i];
     if (bm->tracked)
-      r = merge_into (bm->data, bm->entry.granularity_bits, old, old_bits);
+      r = dirtymap_merge_rescaled (bm->data, bm->entry.granularity_bits,
+                                   old, old_bits);
   }
   for (i = 0; r == 0 && i < t->nr_volatiles; ++i)
     if (t->volatiles[i].enabled)
-      r = merge_into (t->volatiles[i].data, t->volatiles[i].granularity_bits,
-                      old, old_bits);
+      r = dirtymap_merge_rescaled (t->volatiles[i].data,
+                                   t->volatiles[i].granularity_bits,
+                                   old, old_bits);
   dirtymap_free (old);
   return r;
 }
