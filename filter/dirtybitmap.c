@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* nbdkit dirtybitmap filter: the nbdkit callbacks.  Every write, zero
  * and trim is marked in the tracker before it is passed on; the
  * tracking itself lives in common/tracker.
@@ -276,7 +280,11 @@ dirtybitmap_trim (nbdkit_next *next, void *handle,
 
 static struct nbdkit_filter filter = {
   .name              = "dirtybitmap",
-  .longname          = "nbdkit dirtybitmap filter",
+  /* nbdkit 1.32 gives filters no version of their own (_version must
+   * equal nbdkit's, or nbdkit refuses to load the filter), so the
+   * project's version travels in the name shown by --help.
+   */
+  .longname          = "nbdkit dirtybitmap filter " PACKAGE_VERSION,
   .load              = dirtybitmap_load,
   .unload            = dirtybitmap_unload,
   .config            = dirtybitmap_config,

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # Benchmark: 4 KiB random writes through nbdkit's memory plugin, with
 # and without the dirtybitmap filter, measured by fio's nbd engine; and
 # what crash-safe tracking (dirtybitmap-crash-safe, on by default)

@@ -1,4 +1,7 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # The referee of the crash tests: is every request that must be
 # recorded covered by the dirty bitmap, as QEMU reads it?
 #

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # The demonstration: track a few writes to an in-memory disk, stop
 # cleanly, then show the sidecar as QEMU sees it and the dirty map as a
 # backup tool would read it.  Needs no disk and no configuration.

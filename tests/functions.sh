@@ -1,3 +1,6 @@
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # Sourced by every test script.  Each test checks one behaviour, with
 # QEMU's tools as the referee, and removes what it made on exit.
 

@@ -1,4 +1,7 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # Small qcow2 header editor for the tests: reads or changes the fields
 # and extensions the tests need, leaving every other byte alone.
 #

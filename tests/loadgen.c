@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* loadgen: random writes, zeroes and trims over NBD, logged so that a
  * crash test can tell afterwards which requests were sent and which
  * were acknowledged.

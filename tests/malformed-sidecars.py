@@ -1,4 +1,7 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # Derive malformed variants of a valid sidecar for
 # test-malformed-sidecars.sh.
 #

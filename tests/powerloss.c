@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* powerloss.so: an LD_PRELOAD library that simulates a power failure
  * on one file (or a few), for the crash tests.
  *

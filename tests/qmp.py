@@ -1,4 +1,7 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # A minimal QMP client for the tests, on Python's standard library.
 #
 #   qmp.py SOCKET COMMAND [ARGS-JSON] [COMMAND [ARGS-JSON]]...

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # nbdkit killed with SIGKILL at a random moment under load loses no
 # write: once nbdkit has run again on the same sidecar and stopped
 # cleanly, the bitmap is consistent for QEMU and every granule touched

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # A power failure at any instant loses nothing that was acknowledged.
 # powerloss.so, preloaded into nbdkit, makes the power fail at the K-th
 # write or sync of the sidecar: every change not yet made durable by

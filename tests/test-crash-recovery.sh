@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # After kill -9, the next start rebuilds every bitmap that was
 # recording: what it held when tracking began, exactly, plus every
 # region written since, at the journal's granularity (1M by default,

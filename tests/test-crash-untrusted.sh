@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # The journal is trusted only while nothing else has written the
 # sidecar since the filter did.  After a crash: (1) if QEMU opened the
 # sidecar for writing (which clears the filter's autoclear bit), or

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # Bad parameters are refused at start-up: nbdkit exits with status 1
 # at once, printing the specific error, and leaves the sidecar alone
 # (an existing one byte-identical, a missing one not created).

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # A sidecar made for a 1 GiB export is refused for a 2 GiB export at
 # start-up, with an error naming both sizes, and is left byte-identical.
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # With a plugin serving several exports, the first export a client
 # opens for writing is the one tracked: a client asking for another
 # export is refused with "tracks export 'A'; export 'B' is refused",

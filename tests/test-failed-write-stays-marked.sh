@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # The filter marks a write before the plugin sees it, so a write or
 # zero that the layer below fails is still recorded as dirty (the
 # data may have partly changed) while the client gets the error.

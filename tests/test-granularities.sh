@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # dirtybitmap-granularity= sets the granularity of the bitmap the
 # filter creates, and unaligned requests (one of them touching the
 # last byte, in a short last granule) mark exactly the granules they

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # nbdkit --help with the filter lists the filter and its three
 # parameters.
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
@@ -8,7 +11,7 @@ nbdkit_filter memory --help > "$tmpdir/help" 2>&1 || {
   fail "nbdkit --filter=... memory --help failed"
 }
 
-grep -q "^filter: dirtybitmap (nbdkit dirtybitmap filter)$" "$tmpdir/help" ||
+grep -q "^filter: dirtybitmap (nbdkit dirtybitmap filter [0-9.]*)$" "$tmpdir/help" ||
   fail "--help does not name the filter"
 for p in "dirtybitmap-file=<FILE>" "dirtybitmap=<NAME>" \
          "dirtybitmap-granularity=<SIZE>"; do

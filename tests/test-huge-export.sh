@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # A 1 PiB export works with dirtybitmap-granularity=256K (2^32
 # granules, exactly QEMU's 512 MiB bitmap limit): start-up, a few
 # writes up to the last byte and the store are quick, the map is exact

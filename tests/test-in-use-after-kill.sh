@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # Without crash safety (dirtybitmap-crash-safe=false, QEMU's
 # behaviour), bitmaps whose nbdkit was killed stay marked in use on
 # disk and cannot be recovered.  The next run (crash-safe, default

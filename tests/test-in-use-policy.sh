@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # dirtybitmap-in-use= decides what happens to a bitmap left in use
 # that the journal cannot rebuild (here: its nbdkit ran with
 # dirtybitmap-crash-safe=false and was killed).

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # Incremental backup: a full copy of a disk is brought up to date by
 # copying only the ranges the bitmap marks dirty after random writes,
 # zeroes and trims through the file plugin; the result is identical to

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # A sidecar made and edited by qemu-img works with the filter in both
 # directions: bitmaps added by qemu-img (any granularity) record writes
 # when none is named, a disabled one is left exactly as it was, a

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # When the sidecar cannot be flushed (fdatasync fails with EIO, injected
 # with libfiu): a store at shutdown fails loudly, nbdkit exits 1, and
 # the bitmap stays in use (never a stale bitmap that looks consistent),

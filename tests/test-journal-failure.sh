@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # When the durable mark cannot be written (fdatasync fails with EIO,
 # injected by the test shim powerloss.so), a write, zero or trim to a region not yet
 # durable fails with EIO and never reaches the plugin; requests to

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # The filter takes QEMU's image locks on the sidecar: from start-up,
 # QEMU's tools cannot write it (qemu-img info -U still reads it), a
 # second nbdkit on the same sidecar refuses to start, and the filter

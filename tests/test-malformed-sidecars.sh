@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # Malformed sidecars are refused at start-up: for each variant of a
 # valid sidecar (truncated inside each structure, every header and
 # bitmaps-extension field out of range, broken directory entries,

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # 16 clients connected at the same time, each sending its own requests
 # (some in granules other clients write too), are all recorded: the
 # stored map is exactly the union of every client's requests.

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # What the filter does not own it keeps: after a run, a sidecar's guest
 # data, internal snapshot, feature name table, unknown header
 # extension, external data file name and untracked (disabled) bitmap

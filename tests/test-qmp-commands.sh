@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # Every QMP command and its errors: add (defaults, granularity,
 # persistent, disabled; duplicate, invalid and reserved names, invalid
 # granularities), remove, clear, enable, disable, merge between

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # The control socket speaks QMP's wire protocol: the greeting, the
 # capabilities negotiation, "id" echoed, errors for unknown commands,
 # malformed or non-object input, unknown, mistyped or missing

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # Bitmaps added over QMP survive a clean restart when persistent:
 # enabled ones with their data, and still recording; disabled ones with
 # their data, and still not recording; any granularity.  Non-persistent

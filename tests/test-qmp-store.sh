@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # While nbdkit serves, a persistent bitmap that does not record is
 # consistent in the sidecar once x-dirtybitmap-store (or any change to
 # it) has replied: QEMU serves it (qemu-nbd -r -B, sharing the file) with exactly the

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # A QMP transaction takes effect at one instant with respect to writes,
 # under concurrent write load, checked against the writers' own log.
 #

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # With nbdkit -r the sidecar is never touched: an existing one (holding
 # a stored bitmap) is byte-identical after a read-only run in which a
 # client read data and tried to write, and a missing one is not created.

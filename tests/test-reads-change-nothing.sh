@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # A connection that only reads, caches, flushes and asks for block
 # status leaves an existing dirty map exactly as it was.
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"

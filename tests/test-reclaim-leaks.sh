@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # A crash in the middle of a commit can leave clusters counted that
 # nothing references (QEMU's stores have the same window).  When every
 # reference in the sidecar is known (no snapshot, no guest data), the

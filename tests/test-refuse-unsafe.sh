@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # Sidecars the filter must not write are refused with the remedy and
 # left byte-identical: an encrypted one at start-up; one whose dirty
 # bit says lazy refcounts were not written back when the first writer

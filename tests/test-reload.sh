@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # A second nbdkit run on the same sidecar and bitmap keeps what the
 # first run recorded and adds its own writes: the stored map is the
 # union of both runs.

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # Writes, zeroes and trims through the file plugin are recorded in a
 # new sidecar, reach the file itself, leave the bitmap in use while
 # nbdkit runs, and are stored consistent at exit with exactly the

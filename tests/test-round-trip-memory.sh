@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # Writes, zeroes and trims through the memory plugin are recorded in a
 # new sidecar: in use while nbdkit runs, stored consistent at exit,
 # and served by qemu-nbd with exactly the touched granules dirty.

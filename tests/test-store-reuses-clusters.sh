@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # Clusters freed by one store are reused by the next: over 100
 # start/write/stop cycles the sidecar stops growing after the second
 # cycle, stays clean for qemu-img check, and the bitmap holds every

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # At 64K granularity on a disk whose last granule is short, unaligned
 # requests mark exactly the granules they touch: partial granules at
 # both ends, nothing past a request that ends on a boundary, and the

@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* A sparse bitmap that many threads may set bits in without locks.
  *
  * Memory is spent only on the parts of the bitmap that have bits set:

@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* The control socket's commands, with QMP's names, arguments and
  * defaults, over the tracker's checkpoint calls.
  */

@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* The QMP control socket's transport: see qmp-server.h.
  *
  * One thread polls a wake-up pipe, the listening socket and every

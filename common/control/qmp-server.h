@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* A QMP-compatible control socket: QEMU's wire protocol (greeting,
  * capabilities negotiation, one JSON object per command, "return" or
  * "error" replies, "id" echoed) on a Unix socket, serving any number

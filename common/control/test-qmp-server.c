@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* Unit tests for the QMP transport: greeting, negotiation, framing of
  * JSON objects over any pieces of input, error replies, limits, and
  * the socket file's life cycle.  Clients are plain AF_UNIX sockets.

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # Make the seed corpus of fuzz-sidecar in DIR with QEMU's tools: small
 # qcow2 files covering the layouts the loader meets (no bitmap, one,
 # several of different granularities with one disabled, bitmap data,

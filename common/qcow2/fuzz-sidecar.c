@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* libFuzzer target for the sidecar loader and writer.
  *
  * Each input is written to a private file and opened read-only with

@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 #include <config.h>
 
 #include <stdlib.h>

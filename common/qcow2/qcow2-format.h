@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* The qcow2 structures a dirty-bitmap sidecar uses: encoding, decoding
  * and validation of each live together here, and nowhere else.
  *

@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* QEMU-compatible image locking for the sidecar.
  *
  * QEMU advertises, with one-byte open-file-description read locks, the

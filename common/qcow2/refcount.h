@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* The sidecar's refcount structures, held in memory while it is open,
  * and the cluster allocator built on them.
  *

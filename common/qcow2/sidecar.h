@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* A qcow2 sidecar holding persistent dirty bitmaps, read and written
  * the way QEMU does it, so that QEMU's tools cannot tell the
  * difference.

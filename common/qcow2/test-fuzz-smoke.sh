@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Copyright (C) 2026 The nbdkit-dirtybitmap authors
+
 # A short run of fuzz-sidecar (the libFuzzer target for the sidecar
 # loader and writer) from the seeds fuzz-seeds.sh makes: any crash,
 # leak, timeout, sanitizer report or broken invariant fails the test.

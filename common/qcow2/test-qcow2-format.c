@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* Unit tests for the qcow2 structures: each encoder against its
  * decoder, the byte layout where it matters, and every refusal with
  * the field its message must name.

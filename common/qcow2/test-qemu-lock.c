@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* Unit tests for QEMU-compatible locking, with qemu-img as referee:
  * while a writer holds the sidecar, qemu-img refuses it unless -U is
  * given, and a second writer in any process is refused.

@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* Unit tests for the sidecar life cycle: create, begin tracking, store,
  * reopen, with the layout checked structure by structure.
  */

@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* Bitmaps managed while the export serves: transactions of add,
  * remove, clear, enable, disable and merge, queries, extents, and
  * stores on demand.  Everything runs under the tracker's lock, apart

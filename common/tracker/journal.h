@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* Commit before write: a write may reach the plugin only once the
  * region it touches is marked dirty on stable storage, so that a crash
  * at any instant loses no mark (dm-era's rule).

@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* The map every write marks, replaced whole when the set of recording
  * bitmaps changes, so that a write costs the same whatever their
  * number: writes mark one map, and the map is folded into the

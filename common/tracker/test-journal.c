@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* Unit tests for the crash-safety journal: a mark is in the file when
  * journal_mark returns, at the place qcow2 bitmap data puts it, and
  * nowhere else; marks of durable regions cost no commit; concurrent

@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* Unit tests for the recorder: marks land at the recorder's current
  * granularity; a swap hands back a map holding every mark that
  * completed before it, and each mark lands in exactly one of the maps

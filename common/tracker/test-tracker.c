@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* Unit tests for the tracking logic: parameters, bitmap selection,
  * marking and folding into bitmaps of several granularities.
  */

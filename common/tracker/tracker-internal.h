@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* The tracker's state, shared by tracker.c (start, mark, stop) and
  * checkpoints.c (bitmaps managed while the export serves).
  */

@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* Changed-block tracking for one export: which bitmaps record writes,
  * the map every write goes to, and the sidecar they end up in.
  *

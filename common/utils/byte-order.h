@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* Big-endian loads and stores for on-disk structures.
  *
  * qcow2 stores every integer big-endian.  All encoding and decoding in

@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* Whole-buffer pread/pwrite that retry short transfers and EINTR.
  *
  * A short read is reported as an error naming the file, because in a

@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* Stand-ins for the functions nbdkit exports to filters, so that the
  * libraries in common/ can be unit-tested without a server.  Errors
  * are printed and the last one is kept for the tests to inspect.

@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
 /* Minimal checking macros for the unit tests in common/.
  *
  * Unlike assert(3) these stay active under NDEBUG, print the failing
