@@ -27,13 +27,7 @@
  * a client sending one command per line carries on with the next
  * line whatever the pieces its input arrived in.
  *
- * Creating the socket: bound inside a fresh directory of our own
- * (mkdtemp: mode 0700) next to SOCKET_PATH, chmod'ed 0600 and made to
- * listen there, then renamed onto SOCKET_PATH.  Nobody can connect
- * before the mode is 0600, umask (process-wide) is never touched, and
- * SOCKET_PATH goes in one step from absent or stale to a listening
- * socket.  When the directory's path is too long for sun_path although
- * SOCKET_PATH is not, the bind goes through /proc/self/fd/N/ instead.
+ * The socket file itself is made and removed by qmp-socket.c.
  */
 #include <config.h>
 
@@ -53,14 +47,13 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 
 #include <json-c/json.h>
 
 #include <nbdkit-filter.h>
 
 #include "qmp-server.h"
+#include "qmp-socket.h"
 
 #define MAX_CLIENTS 64
 #define MAX_INPUT (1024 * 1024)
@@ -765,189 +758,6 @@ server_thread (void *arg)
   return NULL;
 }
 
-/* Creating and removing the socket file. */
-
-/* Whether SOCKET_PATH can be taken: 0 if absent (*REPLACE false) or a
- * stale socket (*REPLACE true), -1 after nbdkit_error otherwise.
- */
-static int
-check_existing (const char *path, bool *replace)
-{
-  struct sockaddr_un addr = { .sun_family = AF_UNIX };
-  struct stat st;
-  int fd, r, err;
-
-  *replace = false;
-  if (lstat (path, &st) == -1) {
-    if (errno == ENOENT)
-      return 0;
-    nbdkit_error ("control socket %s: %s", path, error_text (errno));
-    return -1;
-  }
-  if (!S_ISSOCK (st.st_mode)) {
-    nbdkit_error ("control socket %s: the path exists and is not a socket: "
-                  "remove it or choose another path", path);
-    return -1;
-  }
-
-  /* A socket: is anybody listening?  Non-blocking so that a listener
-   * whose backlog is full answers EAGAIN instead of stalling us.
-   */
-  fd = socket (AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd == -1) {
-    nbdkit_error ("control socket %s: socket: %s", path, error_text (errno));
-    return -1;
-  }
-  strcpy (addr.sun_path, path);
-  r = connect (fd, (struct sockaddr *) &addr, sizeof addr);
-  err = errno;
-  close (fd);
-  if (r == -1 && err == ECONNREFUSED) {
-    nbdkit_debug ("control: %s: replacing a stale socket", path);
-    *replace = true;
-    return 0;
-  }
-  if (r == 0 || err == EAGAIN || err == EINPROGRESS) {
-    nbdkit_error ("control socket %s: another process is listening on it: "
-                  "stop that process or choose another path", path);
-    return -1;
-  }
-  nbdkit_error ("control socket %s: the path exists and checking whether "
-                "it is in use failed: %s: remove it if it is stale, or "
-                "choose another path", path, error_text (err));
-  return -1;
-}
-
-/* Put the listening socket at srv->path, as described at the top. */
-static int
-create_socket (struct qmp_server *srv, bool replace)
-{
-  struct sockaddr_un addr = { .sun_family = AF_UNIX };
-  const char *slash = strrchr (srv->path, '/');
-  /* The directory SOCKET_PATH is in: PARENT_LEN bytes of PARENT ("" for
-   * the root directory).
-   */
-  const char *parent = slash ? srv->path : ".";
-  int parent_len = slash ? (int) (slash - srv->path) : 1;
-  char *dir = NULL;
-  int dirfd = -1, fd = -1, r;
-  bool bound = false;
-  struct stat st;
-
-  if (asprintf (&dir, "%.*s/.qmp-XXXXXX", parent_len, parent) == -1) {
-    dir = NULL;
-    nbdkit_error ("control socket %s: out of memory", srv->path);
-    goto err;
-  }
-  if (mkdtemp (dir) == NULL) {
-    nbdkit_error ("control socket %s: creating a private directory in "
-                  "%.*s to make the socket in: %s", srv->path,
-                  parent_len ? parent_len : 1, parent_len ? parent : "/",
-                  error_text (errno));
-    free (dir);
-    dir = NULL;
-    goto err;
-  }
-  if (strlen (dir) + 2 < sizeof addr.sun_path)
-    snprintf (addr.sun_path, sizeof addr.sun_path, "%s/s", dir);
-  else {
-    dirfd = open (dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (dirfd == -1) {
-      nbdkit_error ("control socket %s: opening %s: %s",
-                    srv->path, dir, error_text (errno));
-      goto err;
-    }
-    snprintf (addr.sun_path, sizeof addr.sun_path,
-              "/proc/self/fd/%d/s", dirfd);
-  }
-
-  fd = socket (AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd == -1) {
-    nbdkit_error ("control socket %s: socket: %s",
-                  srv->path, error_text (errno));
-    goto err;
-  }
-  if (bind (fd, (struct sockaddr *) &addr, sizeof addr) == -1) {
-    nbdkit_error ("control socket %s: binding in %s: %s",
-                  srv->path, dir, error_text (errno));
-    goto err;
-  }
-  bound = true;
-  if (chmod (addr.sun_path, 0600) == -1 ||
-      lstat (addr.sun_path, &st) == -1) {
-    nbdkit_error ("control socket %s: setting its mode to 0600: %s",
-                  srv->path, error_text (errno));
-    goto err;
-  }
-  if (listen (fd, SOMAXCONN) == -1) {
-    nbdkit_error ("control socket %s: listen: %s",
-                  srv->path, error_text (errno));
-    goto err;
-  }
-
-  if (replace)
-    r = rename (addr.sun_path, srv->path);
-  else {
-    r = renameat2 (AT_FDCWD, addr.sun_path, AT_FDCWD, srv->path,
-                   RENAME_NOREPLACE);
-    if (r == -1 && (errno == EINVAL || errno == ENOSYS ||
-                    errno == EOPNOTSUPP)) {
-      /* No RENAME_NOREPLACE on this file system: check, then rename. */
-      struct stat st2;
-
-      if (lstat (srv->path, &st2) == 0)
-        errno = EEXIST;
-      else
-        r = rename (addr.sun_path, srv->path);
-    }
-  }
-  if (r == -1) {
-    if (errno == EEXIST)
-      nbdkit_error ("control socket %s: the path appeared while the socket "
-                    "was being created: remove it or choose another path",
-                    srv->path);
-    else
-      nbdkit_error ("control socket %s: moving the socket there from %s: %s",
-                    srv->path, dir, error_text (errno));
-    goto err;
-  }
-  bound = false;                /* nothing left in DIR */
-  rmdir (dir);
-  if (dirfd >= 0)
-    close (dirfd);
-  free (dir);
-  srv->dev = st.st_dev;
-  srv->ino = st.st_ino;
-  srv->listen_fd = fd;
-  return 0;
-
- err:
-  if (bound)
-    unlink (addr.sun_path);
-  if (dir)
-    rmdir (dir);
-  if (dirfd >= 0)
-    close (dirfd);
-  if (fd >= 0)
-    close (fd);
-  free (dir);
-  return -1;
-}
-
-/* Remove the socket file, unless somebody has replaced it since. */
-static void
-remove_socket (struct qmp_server *srv)
-{
-  struct stat st;
-
-  if (lstat (srv->path, &st) == 0 && S_ISSOCK (st.st_mode) &&
-      st.st_dev == srv->dev && st.st_ino == srv->ino)
-    unlink (srv->path);
-  else
-    nbdkit_debug ("control: %s is no longer our socket: left alone",
-                  srv->path);
-}
-
 static void
 free_server (struct qmp_server *srv)
 {
@@ -1001,25 +811,14 @@ struct qmp_server *
 qmp_server_start (const char *socket_path, const char *version,
                   qmp_dispatch_fn *dispatch, void *opaque)
 {
-  struct sockaddr_un addr;
   struct qmp_server *srv;
   struct json_object *too_many;
   char too_many_desc[128];
   sigset_t all, old;
   int fds[2], err;
-  bool replace;
 
-  if (socket_path == NULL || socket_path[0] == '\0') {
-    nbdkit_error ("control socket: the path is empty");
+  if (qmp_socket_check_path (socket_path) == -1)
     return NULL;
-  }
-  if (strlen (socket_path) >= sizeof addr.sun_path) {
-    nbdkit_error ("control socket %s: the path is %zu bytes long, Unix "
-                  "sockets allow at most %zu: choose a shorter path",
-                  socket_path, strlen (socket_path),
-                  sizeof addr.sun_path - 1);
-    return NULL;
-  }
 
   srv = calloc (1, sizeof *srv);
   if (srv == NULL) {
@@ -1053,8 +852,8 @@ qmp_server_start (const char *socket_path, const char *version,
   srv->wake_rd = fds[0];
   srv->wake_wr = fds[1];
 
-  if (check_existing (socket_path, &replace) == -1 ||
-      create_socket (srv, replace) == -1)
+  srv->listen_fd = qmp_socket_create (socket_path, &srv->dev, &srv->ino);
+  if (srv->listen_fd == -1)
     goto err;
 
   /* The thread takes no signals: they are the main program's. */
@@ -1065,7 +864,7 @@ qmp_server_start (const char *socket_path, const char *version,
   if (err != 0) {
     nbdkit_error ("control socket %s: starting its thread: %s",
                   socket_path, error_text (err));
-    remove_socket (srv);
+    qmp_socket_remove (srv->path, srv->dev, srv->ino);
     goto err;
   }
   nbdkit_debug ("control: listening on %s", socket_path);
@@ -1091,7 +890,7 @@ qmp_server_stop (struct qmp_server *srv)
   srv->nr_clients = 0;
   close (srv->listen_fd);
   srv->listen_fd = -1;
-  remove_socket (srv);
+  qmp_socket_remove (srv->path, srv->dev, srv->ino);
   nbdkit_debug ("control: %s: stopped", srv->path);
   free_server (srv);
 }
