@@ -22,19 +22,22 @@
 struct args {
   struct json_object *obj;
   const char *const *known;
-  const char **error_class;
-  char **error_desc;
+  struct json_object **error;   /* the error reply, once there is one */
 };
+
+/* A GenericError reply in *A->ERROR; returns NULL, for the handlers. */
+static struct json_object *
+error (struct args *a, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
 
 static struct json_object *
 error (struct args *a, const char *fmt, ...)
 {
   va_list ap;
 
-  *a->error_class = QMP_ERROR_GENERIC;
+  json_object_put (*a->error);
   va_start (ap, fmt);
-  if (vasprintf (a->error_desc, fmt, ap) == -1)
-    *a->error_desc = NULL;
+  *a->error = qmp_verror (QMP_ERROR_GENERIC, fmt, ap);
   va_end (ap);
   return NULL;
 }
@@ -215,7 +218,7 @@ parse_action (struct args *a, struct tracker *t, const char *type,
         sources[i] = json_object_get_string (e);
       else if (json_object_is_type (e, json_type_object)) {
         static const char *const ref_keys[] = { "node", "name", NULL };
-        struct args ref = { e, ref_keys, a->error_class, a->error_desc };
+        struct args ref = { e, ref_keys, a->error };
         if (check_keys (&ref) == -1 || check_node (&ref, t) == -1 ||
             get_string (&ref, "name", true, &sources[i]) == -1)
           return -1;
@@ -279,11 +282,15 @@ transaction (struct args *a, struct tracker *t)
   struct json_object *list, *props, *r = NULL;
   struct tracker_action *acts = NULL;
   size_t i, n = 0;
+  int got;
 
   a->known = keys;
   if (check_keys (a) == -1)
     return NULL;
-  if (get (a, "properties", json_type_object, "an object", &props) == 0) {
+  got = get (a, "properties", json_type_object, "an object", &props);
+  if (got == -1)
+    return NULL;
+  if (got == 0) {
     /* Only the default completion mode makes sense without jobs. */
     json_object_object_foreach (props, key, value) {
       if (strcmp (key, "completion-mode") != 0 ||
@@ -292,13 +299,11 @@ transaction (struct args *a, struct tracker *t)
         return error (a, "transaction property '%s' is not supported", key);
     }
   }
-  else if (*a->error_desc)
+  got = get (a, "actions", json_type_array, "an array", &list);
+  if (got == 1)
+    error (a, "missing argument 'actions'");
+  if (got != 0)
     return NULL;
-  if (get (a, "actions", json_type_array, "an array", &list) != 0) {
-    if (*a->error_desc == NULL)
-      error (a, "missing argument 'actions'");
-    return NULL;
-  }
   n = json_object_array_length (list);
   acts = calloc (n + 1, sizeof *acts);
   if (acts == NULL)
@@ -306,7 +311,7 @@ transaction (struct args *a, struct tracker *t)
   for (i = 0; i < n; ++i) {
     static const char *const action_keys[] = { "type", "data", NULL };
     struct json_object *e = json_object_array_get_idx (list, i);
-    struct args action = { e, action_keys, a->error_class, a->error_desc };
+    struct args action = { e, action_keys, a->error };
     struct json_object *data;
     const char *type;
 
@@ -318,11 +323,11 @@ transaction (struct args *a, struct tracker *t)
     if (check_keys (&action) == -1 ||
         get_string (&action, "type", true, &type) == -1)
       goto out;
-    if (get (&action, "data", json_type_object, "an object", &data) != 0) {
-      if (*a->error_desc == NULL)
-        error (a, "missing argument 'actions[%zu].data'", i);
+    got = get (&action, "data", json_type_object, "an object", &data);
+    if (got == 1)
+      error (a, "missing argument 'actions[%zu].data'", i);
+    if (got != 0)
       goto out;
-    }
     action.obj = data;
     if (parse_action (&action, t, type, &acts[i]) == -1)
       goto out;
@@ -434,27 +439,34 @@ extents (struct args *a, struct tracker *t)
   return r;
 }
 
+static struct json_object *
+run (struct args *a, struct tracker *t, const char *name)
+{
+  if (is_bitmap_action (name))
+    return bitmap_command (a, t, name);
+  if (strcmp (name, "transaction") == 0)
+    return transaction (a, t);
+  if (strcmp (name, "query-dirty-bitmaps") == 0)
+    return query (a, t);
+  if (strcmp (name, "x-dirtybitmap-store") == 0)
+    return store (a, t);
+  if (strcmp (name, "x-dirtybitmap-extents") == 0)
+    return extents (a, t);
+  *a->error = qmp_error (QMP_ERROR_COMMAND_NOT_FOUND,
+                         "no command named %s", name);
+  return NULL;
+}
+
 struct json_object *
 qmp_commands_dispatch (void *opaque, const char *name,
-                       struct json_object *arguments,
-                       const char **error_class, char **error_desc)
+                       struct json_object *arguments)
 {
-  struct tracker *t = opaque;
-  struct args a = { arguments, NULL, error_class, error_desc };
+  struct json_object *error = NULL, *value;
+  struct args a = { arguments, NULL, &error };
 
-  *error_desc = NULL;
-  if (is_bitmap_action (name))
-    return bitmap_command (&a, t, name);
-  if (strcmp (name, "transaction") == 0)
-    return transaction (&a, t);
-  if (strcmp (name, "query-dirty-bitmaps") == 0)
-    return query (&a, t);
-  if (strcmp (name, "x-dirtybitmap-store") == 0)
-    return store (&a, t);
-  if (strcmp (name, "x-dirtybitmap-extents") == 0)
-    return extents (&a, t);
-  *error_class = QMP_ERROR_COMMAND_NOT_FOUND;
-  if (asprintf (error_desc, "no command named %s", name) == -1)
-    *error_desc = NULL;
-  return NULL;
+  value = run (&a, opaque, name);
+  if (value == NULL)
+    return error;               /* NULL if out of memory */
+  json_object_put (error);
+  return qmp_return (value);
 }

@@ -34,11 +34,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <math.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -76,8 +74,6 @@ struct client {
   bool negotiated;
   bool draining;                /* read no more; close once flushed */
   bool dead;                    /* close at the end of this round */
-  bool has_id;                  /* the request being answered has an id: */
-  struct json_object *req_id;   /* this one (NULL is JSON null) */
   char *out;                    /* unsent replies: out[out_start..out_end) */
   size_t out_start, out_end, out_cap;
 };
@@ -111,60 +107,27 @@ error_text (int err)
   return text ? text : "unknown error";
 }
 
-/* JSON text of OBJ followed by CRLF, malloc'd; NULL if out of memory. */
+/* JSON text of OBJ (a reference is consumed) followed by CRLF,
+ * malloc'd; NULL if out of memory.
+ */
 static char *
 json_line (struct json_object *obj)
 {
-  const char *s = json_object_to_json_string_ext (obj, PRINT_FLAGS);
+  const char *s = obj ? json_object_to_json_string_ext (obj, PRINT_FLAGS)
+    : NULL;
+  char *line = NULL;
   size_t len;
-  char *line;
 
-  if (s == NULL)
-    return NULL;
-  len = strlen (s);
-  line = malloc (len + 3);
-  if (line == NULL)
-    return NULL;
-  memcpy (line, s, len);
-  memcpy (line + len, "\r\n", 3);
+  if (s != NULL) {
+    len = strlen (s);
+    line = malloc (len + 3);
+    if (line != NULL) {
+      memcpy (line, s, len);
+      memcpy (line + len, "\r\n", 3);
+    }
+  }
+  json_object_put (obj);
   return line;
-}
-
-/* {"error": {"class": CLASS, "desc": DESC}}, plus "id": ID if HAS_ID. */
-static struct json_object *
-error_reply (const char *class, const char *desc,
-             bool has_id, struct json_object *id)
-{
-  struct json_object *reply = json_object_new_object ();
-  struct json_object *err = json_object_new_object ();
-
-  if (reply == NULL || err == NULL ||
-      json_object_object_add (err, "class",
-                              json_object_new_string (class)) == -1 ||
-      json_object_object_add (err, "desc",
-                              json_object_new_string (desc)) == -1 ||
-      json_object_object_add (reply, "error", err) == -1) {
-    json_object_put (reply);
-    json_object_put (err);
-    return NULL;
-  }
-  if (has_id &&
-      json_object_object_add (reply, "id", json_object_get (id)) == -1) {
-    json_object_put (reply);
-    return NULL;
-  }
-  return reply;
-}
-
-/* Printable form of a client-chosen name for the debug log. */
-static void
-log_name (char *dst, size_t size, const char *name)
-{
-  size_t i;
-
-  for (i = 0; i + 1 < size && name[i] != '\0'; i++)
-    dst[i] = (name[i] >= 0x20 && name[i] < 0x7f) ? name[i] : '?';
-  dst[i] = '\0';
 }
 
 /* Clients. */
@@ -283,249 +246,6 @@ send_reply (struct client *c, struct json_object *reply)
   json_object_put (reply);
 }
 
-/* Replies to the request being handled carry its id, if any. */
-static void
-send_error (struct client *c, const char *class, const char *fs, ...)
-  __attribute__ ((format (printf, 3, 4)));
-
-static void
-send_error (struct client *c, const char *class, const char *fs, ...)
-{
-  char desc[512];
-  va_list args;
-
-  va_start (args, fs);
-  vsnprintf (desc, sizeof desc, fs, args);
-  va_end (args);
-  send_reply (c, error_reply (class, desc, c->has_id, c->req_id));
-}
-
-/* {"return": VALUE} (a reference is consumed; NULL means {}). */
-static void
-send_return (struct client *c, struct json_object *value)
-{
-  struct json_object *reply = json_object_new_object ();
-
-  if (value == NULL)
-    value = json_object_new_object ();
-  if (reply == NULL || value == NULL ||
-      json_object_object_add (reply, "return", value) == -1) {
-    json_object_put (reply);
-    json_object_put (value);
-    send_reply (c, NULL);
-    return;
-  }
-  if (c->has_id &&
-      json_object_object_add (reply, "id", json_object_get (c->req_id)) == -1) {
-    json_object_put (reply);
-    reply = NULL;
-  }
-  send_reply (c, reply);
-}
-
-/* Requests. */
-
-/* NaN and infinities parse but are not JSON: refused, so that no
- * reply (an echoed "id", say) ever carries one.
- */
-static bool
-has_non_finite (struct json_object *o)
-{
-  size_t i, n;
-
-  switch (json_object_get_type (o)) {
-  case json_type_double:
-    return !isfinite (json_object_get_double (o));
-  case json_type_array:
-    n = json_object_array_length (o);
-    for (i = 0; i < n; i++)
-      if (has_non_finite (json_object_array_get_idx (o, i)))
-        return true;
-    return false;
-  case json_type_object: {
-    struct json_object_iterator it = json_object_iter_begin (o);
-    struct json_object_iterator end = json_object_iter_end (o);
-
-    for (; !json_object_iter_equal (&it, &end); json_object_iter_next (&it))
-      if (has_non_finite (json_object_iter_peek_value (&it)))
-        return true;
-    return false;
-  }
-  default:
-    return false;
-  }
-}
-
-/* qmp_capabilities in negotiation mode.  No capability is offered. */
-static void
-negotiate (struct client *c, struct json_object *args)
-{
-  struct json_object_iterator it, end;
-  struct json_object *enable = NULL;
-  bool has_enable = false;
-  size_t i, n;
-
-  if (args != NULL) {
-    it = json_object_iter_begin (args);
-    end = json_object_iter_end (args);
-    for (; !json_object_iter_equal (&it, &end); json_object_iter_next (&it)) {
-      const char *key = json_object_iter_peek_name (&it);
-
-      if (strcmp (key, "enable") != 0) {
-        send_error (c, QMP_ERROR_GENERIC,
-                    "qmp_capabilities: unexpected argument '%.64s' "
-                    "(the only one is 'enable')", key);
-        return;
-      }
-      has_enable = true;
-      enable = json_object_iter_peek_value (&it);
-    }
-  }
-  if (has_enable) {
-    if (!json_object_is_type (enable, json_type_array)) {
-      send_error (c, QMP_ERROR_GENERIC,
-                  "qmp_capabilities: 'enable' must be an array of "
-                  "capability names");
-      return;
-    }
-    n = json_object_array_length (enable);
-    for (i = 0; i < n; i++) {
-      struct json_object *cap = json_object_array_get_idx (enable, i);
-
-      if (!json_object_is_type (cap, json_type_string)) {
-        send_error (c, QMP_ERROR_GENERIC,
-                    "qmp_capabilities: 'enable' must be an array of "
-                    "capability names");
-        return;
-      }
-      send_error (c, QMP_ERROR_GENERIC,
-                  "qmp_capabilities: capability '%.64s' is not offered "
-                  "by this server (the greeting lists none)",
-                  json_object_get_string (cap));
-      return;
-    }
-  }
-  c->negotiated = true;
-  nbdkit_debug ("control: client %" PRIu64 ": capabilities negotiated",
-                c->id);
-  send_return (c, NULL);
-}
-
-static void
-execute_request (struct qmp_server *srv, struct client *c,
-                 struct json_object *req)
-{
-  struct json_object_iterator it, end;
-  struct json_object *execute = NULL, *args = NULL, *ret;
-  const char *name, *error_class = NULL;
-  char *error_desc = NULL;
-  char logged[65];
-  bool has_execute = false, has_args = false, own_args = false;
-
-  it = json_object_iter_begin (req);
-  end = json_object_iter_end (req);
-  for (; !json_object_iter_equal (&it, &end); json_object_iter_next (&it)) {
-    const char *key = json_object_iter_peek_name (&it);
-
-    /* (A JSON null is a NULL json_object.) */
-    if (strcmp (key, "execute") == 0) {
-      has_execute = true;
-      execute = json_object_iter_peek_value (&it);
-    }
-    else if (strcmp (key, "arguments") == 0) {
-      has_args = true;
-      args = json_object_iter_peek_value (&it);
-    }
-    else if (strcmp (key, "id") == 0)
-      ;
-    else if (strcmp (key, "exec-oob") == 0) {
-      send_error (c, QMP_ERROR_GENERIC,
-                  "out-of-band execution ('exec-oob') is not supported: "
-                  "use 'execute'");
-      return;
-    }
-    else {
-      send_error (c, QMP_ERROR_GENERIC,
-                  "QMP input has an unexpected member '%.64s' "
-                  "(expected 'execute', 'arguments', 'id')", key);
-      return;
-    }
-  }
-  if (!has_execute) {
-    send_error (c, QMP_ERROR_GENERIC,
-                "QMP input has no 'execute' member");
-    return;
-  }
-  if (!json_object_is_type (execute, json_type_string)) {
-    send_error (c, QMP_ERROR_GENERIC,
-                "QMP input member 'execute' must be a string");
-    return;
-  }
-  if (has_args && !json_object_is_type (args, json_type_object)) {
-    send_error (c, QMP_ERROR_GENERIC,
-                "QMP input member 'arguments' must be an object");
-    return;
-  }
-  name = json_object_get_string (execute);
-  log_name (logged, sizeof logged, name);
-  nbdkit_debug ("control: client %" PRIu64 ": %s", c->id, logged);
-
-  if (!c->negotiated) {
-    if (strcmp (name, "qmp_capabilities") == 0)
-      negotiate (c, args);
-    else
-      send_error (c, QMP_ERROR_COMMAND_NOT_FOUND,
-                  "capabilities negotiation comes first: "
-                  "send 'qmp_capabilities'");
-    return;
-  }
-  if (strcmp (name, "qmp_capabilities") == 0) {
-    send_error (c, QMP_ERROR_COMMAND_NOT_FOUND,
-                "'qmp_capabilities' is valid only before negotiation, "
-                "which is already done");
-    return;
-  }
-
-  if (args == NULL) {
-    args = json_object_new_object ();
-    if (args == NULL) {
-      send_reply (c, NULL);
-      return;
-    }
-    own_args = true;
-  }
-  ret = srv->dispatch (srv->opaque, name, args, &error_class, &error_desc);
-  if (own_args)
-    json_object_put (args);
-  if (ret == NULL && (error_class != NULL || error_desc != NULL))
-    send_reply (c, error_reply (error_class ? error_class : QMP_ERROR_GENERIC,
-                                error_desc ? error_desc : "command failed",
-                                c->has_id, c->req_id));
-  else
-    send_return (c, ret);
-  free (error_desc);
-}
-
-static void
-handle_request (struct qmp_server *srv, struct client *c,
-                struct json_object *req)
-{
-  if (req == NULL || !json_object_is_type (req, json_type_object)) {
-    send_error (c, QMP_ERROR_GENERIC, "QMP input must be a JSON object");
-    return;
-  }
-  c->has_id = json_object_object_get_ex (req, "id", &c->req_id);
-  if (c->has_id && has_non_finite (c->req_id))
-    c->has_id = false;
-  if (has_non_finite (req))
-    send_error (c, QMP_ERROR_GENERIC,
-                "JSON parse error, NaN and Infinity are not JSON numbers");
-  else
-    execute_request (srv, c, req);
-  c->has_id = false;
-  c->req_id = NULL;
-}
-
 /* Feed LEN bytes from a client to its tokener, handling each complete
  * object as it ends.
  */
@@ -565,10 +285,10 @@ feed (struct qmp_server *srv, struct client *c, const char *buf, size_t len)
         nbdkit_debug ("control: client %" PRIu64 ": more than %d bytes "
                       "without completing an object: disconnecting",
                       c->id, MAX_INPUT);
-        send_error (c, QMP_ERROR_GENERIC,
-                    "QMP input too long: more than %d bytes without "
-                    "completing a JSON object; closing the connection",
-                    MAX_INPUT);
+        send_reply (c, qmp_error (QMP_ERROR_GENERIC,
+                                  "QMP input too long: more than %d bytes "
+                                  "without completing a JSON object; "
+                                  "closing the connection", MAX_INPUT));
         c->draining = true;
       }
       return;
@@ -580,8 +300,8 @@ feed (struct qmp_server *srv, struct client *c, const char *buf, size_t len)
     json_tokener_reset (c->tok);
     if (err != json_tokener_success) {
       c->in_object = 0;
-      send_error (c, QMP_ERROR_GENERIC, "JSON parse error, %s",
-                  json_tokener_error_desc (err));
+      send_reply (c, qmp_error (QMP_ERROR_GENERIC, "JSON parse error, %s",
+                                json_tokener_error_desc (err)));
       off += end;
       c->skip_line = true;
       continue;
@@ -591,14 +311,16 @@ feed (struct qmp_server *srv, struct client *c, const char *buf, size_t len)
     off += end;
     if (c->in_object + end > MAX_INPUT) {
       json_object_put (obj);
-      send_error (c, QMP_ERROR_GENERIC,
-                  "QMP input too long: a JSON object of more than %d bytes; "
-                  "closing the connection", MAX_INPUT);
+      send_reply (c, qmp_error (QMP_ERROR_GENERIC,
+                                "QMP input too long: a JSON object of more "
+                                "than %d bytes; closing the connection",
+                                MAX_INPUT));
       c->draining = true;
       return;
     }
     c->in_object = 0;
-    handle_request (srv, c, obj);
+    send_reply (c, qmp_reply_to (obj, c->id, &c->negotiated,
+                                 srv->dispatch, srv->opaque));
     json_object_put (obj);
   }
 }
@@ -774,46 +496,11 @@ free_server (struct qmp_server *srv)
   free (srv);
 }
 
-/* The greeting: QEMU's shape, version 0.0.0, PACKAGE as the package. */
-static char *
-make_greeting (const char *package)
-{
-  struct json_object *greeting, *qmp, *version, *qemu;
-  char *line = NULL;
-
-  greeting = json_object_new_object ();
-  qmp = json_object_new_object ();
-  version = json_object_new_object ();
-  qemu = json_object_new_object ();
-  if (greeting == NULL || qmp == NULL || version == NULL || qemu == NULL) {
-    json_object_put (qemu);
-    json_object_put (version);
-    json_object_put (qmp);
-    json_object_put (greeting);
-    return NULL;
-  }
-  json_object_object_add (greeting, "QMP", qmp);
-  json_object_object_add (qmp, "version", version);
-  json_object_object_add (version, "qemu", qemu);
-  if (json_object_object_add (qemu, "micro", json_object_new_int (0)) == 0 &&
-      json_object_object_add (qemu, "minor", json_object_new_int (0)) == 0 &&
-      json_object_object_add (qemu, "major", json_object_new_int (0)) == 0 &&
-      json_object_object_add (version, "package",
-                              json_object_new_string (package)) == 0 &&
-      json_object_object_add (qmp, "capabilities",
-                              json_object_new_array ()) == 0)
-    line = json_line (greeting);
-  json_object_put (greeting);
-  return line;
-}
-
 struct qmp_server *
 qmp_server_start (const char *socket_path, const char *version,
                   qmp_dispatch_fn *dispatch, void *opaque)
 {
   struct qmp_server *srv;
-  struct json_object *too_many;
-  char too_many_desc[128];
   sigset_t all, old;
   int fds[2], err;
 
@@ -829,15 +516,11 @@ qmp_server_start (const char *socket_path, const char *version,
   srv->dispatch = dispatch;
   srv->opaque = opaque;
   srv->path = strdup (socket_path);
-  srv->greeting = make_greeting (version ? version : "");
-  snprintf (too_many_desc, sizeof too_many_desc,
-            "too many clients on this control socket (the limit is %d): "
-            "try again later", MAX_CLIENTS);
-  too_many = error_reply (QMP_ERROR_GENERIC, too_many_desc, false, NULL);
-  if (too_many) {
-    srv->too_many = json_line (too_many);
-    json_object_put (too_many);
-  }
+  srv->greeting = json_line (qmp_greeting (version ? version : ""));
+  srv->too_many = json_line (qmp_error (QMP_ERROR_GENERIC,
+                                        "too many clients on this control "
+                                        "socket (the limit is %d): try again "
+                                        "later", MAX_CLIENTS));
   srv->inbuf = malloc (READ_SIZE);
   if (srv->path == NULL || srv->greeting == NULL || srv->too_many == NULL ||
       srv->inbuf == NULL) {

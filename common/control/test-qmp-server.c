@@ -41,8 +41,7 @@ static _Atomic int dispatched;
  * is CommandNotFound.
  */
 static struct json_object *
-dispatch (void *opaque, const char *name, struct json_object *args,
-          const char **error_class, char **error_desc)
+dispatch (void *opaque, const char *name, struct json_object *args)
 {
   CHECK (opaque == &dispatched);
   CHECK (!pthread_equal (pthread_self (), main_thread));
@@ -50,14 +49,11 @@ dispatch (void *opaque, const char *name, struct json_object *args,
   dispatched++;
 
   if (strcmp (name, "echo") == 0)
-    return json_object_get (args);
+    return qmp_return (json_object_get (args));
   if (strcmp (name, "empty") == 0)
-    return NULL;
-  if (strcmp (name, "fail") == 0) {
-    *error_class = QMP_ERROR_GENERIC;
-    *error_desc = strdup ("it failed");
-    return NULL;
-  }
+    return qmp_return (NULL);
+  if (strcmp (name, "fail") == 0)
+    return qmp_error (QMP_ERROR_GENERIC, "it failed");
   if (strcmp (name, "big") == 0) {
     char *s = malloc (BIG_REPLY + 1);
     struct json_object *o;
@@ -67,11 +63,9 @@ dispatch (void *opaque, const char *name, struct json_object *args,
     s[BIG_REPLY] = '\0';
     o = json_object_new_string (s);
     free (s);
-    return o;
+    return qmp_return (o);
   }
-  *error_class = QMP_ERROR_COMMAND_NOT_FOUND;
-  CHECK (asprintf (error_desc, "no command %s", name) > 0);
-  return NULL;
+  return qmp_error (QMP_ERROR_COMMAND_NOT_FOUND, "no command %s", name);
 }
 
 static struct qmp_server *
