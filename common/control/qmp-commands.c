@@ -522,8 +522,8 @@ qmp_commands_dispatch (void *opaque, const char *name,
                        struct json_object *arguments)
 {
   const struct command *cmd = find_command (name);
-  struct json_object *error = NULL, *value = NULL;
-  struct args a = { arguments, &error };
+  struct json_object *failure = NULL, *value = NULL;
+  struct args a = { arguments, &failure };
 
   if (cmd == NULL)
     return qmp_error (QMP_ERROR_COMMAND_NOT_FOUND,
@@ -531,7 +531,7 @@ qmp_commands_dispatch (void *opaque, const char *name,
   if (check_args (&a, opaque, cmd->keys) == 0)
     value = cmd->run (&a, opaque, cmd);
   if (value == NULL)
-    return error;               /* NULL if out of memory */
-  json_object_put (error);
+    return failure;             /* NULL if out of memory */
+  json_object_put (failure);
   return qmp_return (value);
 }
