@@ -2,6 +2,16 @@
  * Copyright (C) 2026 The nbdkit-dirtybitmap authors
  */
 
+/* The control socket's commands: see qmp-commands.h.
+ *
+ * qmp_commands_dispatch looks the command up in the table at the end
+ * of this file, refuses any argument key the table does not list for
+ * it, and runs its handler.  The six block-dirty-bitmap-* commands
+ * share one handler: each has a parser that turns its arguments into
+ * a struct tracker_action, and a "transaction" runs the same parsers
+ * over its actions' "data" before handing them all to the tracker at
+ * once.
+ */
 #include <config.h>
 
 #include <inttypes.h>
@@ -17,37 +27,69 @@
 #include "tracker.h"
 
 /* One command's arguments, checked as QMP checks them: every key must
- * be known, of the right type, and the required ones present.
+ * be known (the command table says which are), of the right type, and
+ * the required ones present.
  */
 struct args {
   struct json_object *obj;
-  const char *const *known;
-  const char **error_class;
-  char **error_desc;
+  struct json_object **error;   /* the error reply, once there is one */
 };
+
+struct command;
+
+/* A command's handler, called once its keys are checked. */
+typedef struct json_object *run_fn (struct args *a, struct tracker *t,
+                                    const struct command *cmd);
+
+/* A bitmap command's parser: the arguments (a command's, or the "data"
+ * of a transaction action) into *ACT, whose type is already set.
+ */
+typedef int parse_fn (struct args *a, struct tracker *t,
+                      struct tracker_action *act);
+
+struct command {
+  const char *name;
+  const char *const *keys;      /* the arguments it accepts */
+  run_fn *run;
+  parse_fn *parse;              /* a bitmap command, valid in a transaction */
+  enum tracker_action_type type;        /* ... and its tracker action */
+};
+
+static const struct command *find_command (const char *name);
+
+/* A GenericError reply in *A->ERROR; returns NULL, for the handlers. */
+static struct json_object *
+error (struct args *a, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
 
 static struct json_object *
 error (struct args *a, const char *fmt, ...)
 {
   va_list ap;
 
-  *a->error_class = QMP_ERROR_GENERIC;
+  json_object_put (*a->error);
   va_start (ap, fmt);
-  if (vasprintf (a->error_desc, fmt, ap) == -1)
-    *a->error_desc = NULL;
+  *a->error = qmp_verror (QMP_ERROR_GENERIC, fmt, ap);
   va_end (ap);
   return NULL;
 }
 
+static bool
+is_known (const char *const *keys, const char *key)
+{
+  size_t i;
+
+  for (i = 0; keys[i] && strcmp (keys[i], key) != 0; ++i)
+    ;
+  return keys[i] != NULL;
+}
+
 static int
-check_keys (struct args *a)
+check_keys (struct args *a, const char *const *keys)
 {
   json_object_object_foreach (a->obj, key, value) {
-    size_t i;
     (void) value;
-    for (i = 0; a->known[i] && strcmp (a->known[i], key) != 0; ++i)
-      ;
-    if (a->known[i] == NULL) {
+    if (!is_known (keys, key)) {
       error (a, "unexpected argument '%s'", key);
       return -1;
     }
@@ -133,115 +175,82 @@ check_node (struct args *a, struct tracker *t)
   return 0;
 }
 
-static const struct {
-  const char *name;
-  enum tracker_action_type type;
-} actions[] = {
-  { "block-dirty-bitmap-add", TRACKER_ADD },
-  { "block-dirty-bitmap-remove", TRACKER_REMOVE },
-  { "block-dirty-bitmap-clear", TRACKER_CLEAR },
-  { "block-dirty-bitmap-enable", TRACKER_ENABLE },
-  { "block-dirty-bitmap-disable", TRACKER_DISABLE },
-  { "block-dirty-bitmap-merge", TRACKER_MERGE },
-};
-#define NR_ACTIONS (sizeof actions / sizeof actions[0])
-
-static size_t
-action_index (const char *name)
-{
-  size_t i;
-
-  for (i = 0; i < NR_ACTIONS && strcmp (actions[i].name, name) != 0; ++i)
-    ;
-  return i;
-}
-
-static bool
-is_bitmap_action (const char *name)
-{
-  return action_index (name) < NR_ACTIONS;
-}
-
-/* Parse one bitmap action's arguments (a command, or the "data" of a
- * transaction action) into *ACT.  SOURCES, for a merge, is allocated
- * and must be freed.
+/* Every key of A is one of KEYS, and a "node", where KEYS has one,
+ * names the export.
  */
 static int
-parse_action (struct args *a, struct tracker *t, const char *type,
-              struct tracker_action *act)
+check_args (struct args *a, struct tracker *t, const char *const *keys)
 {
-  static const char *const add_keys[] =
-    { "node", "name", "granularity", "persistent", "disabled", NULL };
-  static const char *const name_keys[] = { "node", "name", NULL };
-  static const char *const merge_keys[] =
-    { "node", "target", "bitmaps", NULL };
-  size_t i = action_index (type);
+  if (check_keys (a, keys) == -1)
+    return -1;
+  return is_known (keys, "node") ? check_node (a, t) : 0;
+}
 
-  memset (act, 0, sizeof *act);
-  if (i == NR_ACTIONS) {
-    error (a, "action type '%s' is not a bitmap command", type);
+static int
+parse_name (struct args *a, struct tracker *t, struct tracker_action *act)
+{
+  return get_string (a, "name", true, &act->name);
+}
+
+static int
+parse_add (struct args *a, struct tracker *t, struct tracker_action *act)
+{
+  uint64_t g = 0;
+
+  if (get_string (a, "name", true, &act->name) == -1 ||
+      get_uint (a, "granularity", &g) == -1 ||
+      get_bool (a, "persistent", &act->persistent) == -1 ||
+      get_bool (a, "disabled", &act->disabled) == -1)
+    return -1;
+  if (g > INT64_MAX || (json_object_object_get_ex (a->obj, "granularity",
+                                                   NULL) && g == 0)) {
+    error (a, "Granularity must be a power of 2 from 512 to 2147483648");
     return -1;
   }
-  act->type = actions[i].type;
-  a->known = act->type == TRACKER_ADD ? add_keys
-    : act->type == TRACKER_MERGE ? merge_keys : name_keys;
-  if (check_keys (a) == -1 || check_node (a, t) == -1)
+  act->granularity = g;
+  return 0;
+}
+
+/* SOURCES is allocated and must be freed. */
+static int
+parse_merge (struct args *a, struct tracker *t, struct tracker_action *act)
+{
+  static const char *const ref_keys[] = { "node", "name", NULL };
+  struct json_object *list;
+  const char **sources;
+  size_t i, n;
+
+  if (get_string (a, "target", true, &act->name) == -1)
     return -1;
-
-  if (act->type == TRACKER_MERGE) {
-    struct json_object *list;
-    const char **sources;
-    size_t n;
-
-    if (get_string (a, "target", true, &act->name) == -1)
-      return -1;
-    if (get (a, "bitmaps", json_type_array, "an array", &list) != 0) {
-      if (!json_object_object_get_ex (a->obj, "bitmaps", &list))
-        error (a, "missing argument 'bitmaps'");
-      return -1;
-    }
-    n = json_object_array_length (list);
-    sources = calloc (n + 1, sizeof *sources);
-    if (sources == NULL) {
-      error (a, "out of memory");
-      return -1;
-    }
-    act->sources = sources;
-    act->nr_sources = n;
-    for (i = 0; i < n; ++i) {
-      struct json_object *e = json_object_array_get_idx (list, i);
-      /* A name, or {"node": N, "name": B} as QMP allows. */
-      if (json_object_is_type (e, json_type_string))
-        sources[i] = json_object_get_string (e);
-      else if (json_object_is_type (e, json_type_object)) {
-        static const char *const ref_keys[] = { "node", "name", NULL };
-        struct args ref = { e, ref_keys, a->error_class, a->error_desc };
-        if (check_keys (&ref) == -1 || check_node (&ref, t) == -1 ||
-            get_string (&ref, "name", true, &sources[i]) == -1)
-          return -1;
-      }
-      else {
-        error (a, "argument 'bitmaps[%zu]' must be a "
-               "string or object", i);
+  if (get (a, "bitmaps", json_type_array, "an array", &list) != 0) {
+    if (!json_object_object_get_ex (a->obj, "bitmaps", &list))
+      error (a, "missing argument 'bitmaps'");
+    return -1;
+  }
+  n = json_object_array_length (list);
+  sources = calloc (n + 1, sizeof *sources);
+  if (sources == NULL) {
+    error (a, "out of memory");
+    return -1;
+  }
+  act->sources = sources;
+  act->nr_sources = n;
+  for (i = 0; i < n; ++i) {
+    struct json_object *e = json_object_array_get_idx (list, i);
+    /* A name, or {"node": N, "name": B} as QMP allows. */
+    if (json_object_is_type (e, json_type_string))
+      sources[i] = json_object_get_string (e);
+    else if (json_object_is_type (e, json_type_object)) {
+      struct args ref = { e, a->error };
+      if (check_args (&ref, t, ref_keys) == -1 ||
+          get_string (&ref, "name", true, &sources[i]) == -1)
         return -1;
-      }
     }
-    return 0;
-  }
-  if (get_string (a, "name", true, &act->name) == -1)
-    return -1;
-  if (act->type == TRACKER_ADD) {
-    uint64_t g = 0;
-    if (get_uint (a, "granularity", &g) == -1 ||
-        get_bool (a, "persistent", &act->persistent) == -1 ||
-        get_bool (a, "disabled", &act->disabled) == -1)
-      return -1;
-    if (g > INT64_MAX || (json_object_object_get_ex (a->obj, "granularity",
-                                                     NULL) && g == 0)) {
-      error (a, "Granularity must be a power of 2 from 512 to 2147483648");
+    else {
+      error (a, "argument 'bitmaps[%zu]' must be a "
+             "string or object", i);
       return -1;
     }
-    act->granularity = g;
   }
   return 0;
 }
@@ -261,75 +270,96 @@ run_actions (struct args *a, struct tracker *t,
 }
 
 static struct json_object *
-bitmap_command (struct args *a, struct tracker *t, const char *name)
+bitmap_command (struct args *a, struct tracker *t, const struct command *cmd)
 {
-  struct tracker_action act;
+  struct tracker_action act = { .type = cmd->type };
   struct json_object *r = NULL;
 
-  if (parse_action (a, t, name, &act) == 0)
+  if (cmd->parse (a, t, &act) == 0)
     r = run_actions (a, t, &act, 1);
   free ((void *) act.sources);
   return r;
 }
 
-static struct json_object *
-transaction (struct args *a, struct tracker *t)
+/* Only the default completion mode makes sense without jobs. */
+static int
+check_properties (struct args *a, struct json_object *props)
 {
-  static const char *const keys[] = { "actions", "properties", NULL };
-  struct json_object *list, *props, *r = NULL;
-  struct tracker_action *acts = NULL;
-  size_t i, n = 0;
-
-  a->known = keys;
-  if (check_keys (a) == -1)
-    return NULL;
-  if (get (a, "properties", json_type_object, "an object", &props) == 0) {
-    /* Only the default completion mode makes sense without jobs. */
-    json_object_object_foreach (props, key, value) {
-      if (strcmp (key, "completion-mode") != 0 ||
-          !json_object_is_type (value, json_type_string) ||
-          strcmp (json_object_get_string (value), "individual") != 0)
-        return error (a, "transaction property '%s' is not supported", key);
+  json_object_object_foreach (props, key, value) {
+    if (strcmp (key, "completion-mode") != 0 ||
+        !json_object_is_type (value, json_type_string) ||
+        strcmp (json_object_get_string (value), "individual") != 0) {
+      error (a, "transaction property '%s' is not supported", key);
+      return -1;
     }
   }
-  else if (*a->error_desc)
-    return NULL;
-  if (get (a, "actions", json_type_array, "an array", &list) != 0) {
-    if (*a->error_desc == NULL)
-      error (a, "missing argument 'actions'");
-    return NULL;
+  return 0;
+}
+
+/* Transaction action I, E, into *ACT: a bitmap command's type and its
+ * "data", checked as the command's arguments would be.
+ */
+static int
+parse_transaction_action (struct args *a, struct tracker *t, size_t i,
+                          struct json_object *e, struct tracker_action *act)
+{
+  static const char *const action_keys[] = { "type", "data", NULL };
+  struct args action = { e, a->error };
+  struct json_object *data;
+  const struct command *cmd;
+  const char *type;
+  int got;
+
+  if (!json_object_is_type (e, json_type_object)) {
+    error (a, "argument 'actions[%zu]' must be an object", i);
+    return -1;
   }
+  if (check_keys (&action, action_keys) == -1 ||
+      get_string (&action, "type", true, &type) == -1)
+    return -1;
+  got = get (&action, "data", json_type_object, "an object", &data);
+  if (got == 1)
+    error (a, "missing argument 'actions[%zu].data'", i);
+  if (got != 0)
+    return -1;
+  action.obj = data;
+  cmd = find_command (type);
+  if (cmd == NULL || cmd->parse == NULL) {
+    error (a, "action type '%s' is not a bitmap command", type);
+    return -1;
+  }
+  act->type = cmd->type;
+  if (check_args (&action, t, cmd->keys) == -1)
+    return -1;
+  return cmd->parse (&action, t, act);
+}
+
+static struct json_object *
+transaction (struct args *a, struct tracker *t, const struct command *cmd)
+{
+  struct json_object *list, *props, *r = NULL;
+  struct tracker_action *acts;
+  size_t i, n;
+  int got;
+
+  got = get (a, "properties", json_type_object, "an object", &props);
+  if (got == -1 || (got == 0 && check_properties (a, props) == -1))
+    return NULL;
+  got = get (a, "actions", json_type_array, "an array", &list);
+  if (got == 1)
+    error (a, "missing argument 'actions'");
+  if (got != 0)
+    return NULL;
   n = json_object_array_length (list);
   acts = calloc (n + 1, sizeof *acts);
   if (acts == NULL)
     return error (a, "out of memory");
-  for (i = 0; i < n; ++i) {
-    static const char *const action_keys[] = { "type", "data", NULL };
-    struct json_object *e = json_object_array_get_idx (list, i);
-    struct args action = { e, action_keys, a->error_class, a->error_desc };
-    struct json_object *data;
-    const char *type;
-
-    if (!json_object_is_type (e, json_type_object)) {
-      error (a, "argument 'actions[%zu]' must be an "
-             "object", i);
-      goto out;
-    }
-    if (check_keys (&action) == -1 ||
-        get_string (&action, "type", true, &type) == -1)
-      goto out;
-    if (get (&action, "data", json_type_object, "an object", &data) != 0) {
-      if (*a->error_desc == NULL)
-        error (a, "missing argument 'actions[%zu].data'", i);
-      goto out;
-    }
-    action.obj = data;
-    if (parse_action (&action, t, type, &acts[i]) == -1)
-      goto out;
-  }
-  r = run_actions (a, t, acts, n);
-
- out:
+  for (i = 0; i < n; ++i)
+    if (parse_transaction_action (a, t, i, json_object_array_get_idx (list, i),
+                                  &acts[i]) == -1)
+      break;
+  if (i == n)
+    r = run_actions (a, t, acts, n);
   for (i = 0; i < n; ++i)
     free ((void *) acts[i].sources);
   free (acts);
@@ -337,17 +367,13 @@ transaction (struct args *a, struct tracker *t)
 }
 
 static struct json_object *
-query (struct args *a, struct tracker *t)
+query (struct args *a, struct tracker *t, const struct command *cmd)
 {
-  static const char *const keys[] = { NULL };
   struct tracker_bitmap_info *infos;
   struct json_object *list;
   char *msg = NULL;
   size_t i, n;
 
-  a->known = keys;
-  if (check_keys (a) == -1)
-    return NULL;
   if (tracker_query (t, &infos, &n, &msg) == -1) {
     struct json_object *r = error (a, "%s", msg ? msg : "out of memory");
     free (msg);
@@ -375,14 +401,10 @@ query (struct args *a, struct tracker *t)
 }
 
 static struct json_object *
-store (struct args *a, struct tracker *t)
+store (struct args *a, struct tracker *t, const struct command *cmd)
 {
-  static const char *const keys[] = { NULL };
   char *msg = NULL;
 
-  a->known = keys;
-  if (check_keys (a) == -1)
-    return NULL;
   if (tracker_store_now (t, &msg) == -1) {
     struct json_object *r = error (a, "%s", msg ? msg : "out of memory");
     free (msg);
@@ -391,21 +413,38 @@ store (struct args *a, struct tracker *t)
   return json_object_new_object ();
 }
 
+/* {"extents": [{"offset": O, "length": L}...], "next": N or null} */
 static struct json_object *
-extents (struct args *a, struct tracker *t)
+extents_page (const struct tracker_extent *ext, size_t n, uint64_t next)
 {
-  static const char *const keys[] =
-    { "node", "name", "offset", "length", NULL };
-  struct tracker_extent *ext;
   struct json_object *r, *list;
+  size_t i;
+
+  list = json_object_new_array ();
+  for (i = 0; i < n; ++i) {
+    struct json_object *o = json_object_new_object ();
+    json_object_object_add (o, "offset", json_object_new_int64 (ext[i].offset));
+    json_object_object_add (o, "length", json_object_new_int64 (ext[i].length));
+    json_object_array_add (list, o);
+  }
+  r = json_object_new_object ();
+  json_object_object_add (r, "extents", list);
+  json_object_object_add (r, "next", next == UINT64_MAX
+                          ? NULL : json_object_new_int64 (next));
+  return r;
+}
+
+static struct json_object *
+extents (struct args *a, struct tracker *t, const struct command *cmd)
+{
+  struct tracker_extent *ext;
+  struct json_object *r;
   const char *name;
   uint64_t offset = 0, length = UINT64_MAX, next;
   char *msg = NULL;
-  size_t i, n;
+  size_t n;
 
-  a->known = keys;
-  if (check_keys (a) == -1 || check_node (a, t) == -1 ||
-      get_string (a, "name", true, &name) == -1 ||
+  if (get_string (a, "name", true, &name) == -1 ||
       get_uint (a, "offset", &offset) == -1 ||
       get_uint (a, "length", &length) == -1)
     return NULL;
@@ -416,45 +455,83 @@ extents (struct args *a, struct tracker *t)
                        &n, &next, &msg) == -1) {
     r = error (a, "%s", msg ? msg : "out of memory");
     free (msg);
-    free (ext);
-    return r;
   }
-  list = json_object_new_array ();
-  for (i = 0; i < n; ++i) {
-    struct json_object *o = json_object_new_object ();
-    json_object_object_add (o, "offset", json_object_new_int64 (ext[i].offset));
-    json_object_object_add (o, "length", json_object_new_int64 (ext[i].length));
-    json_object_array_add (list, o);
-  }
+  else
+    r = extents_page (ext, n, next);
   free (ext);
-  r = json_object_new_object ();
-  json_object_object_add (r, "extents", list);
-  json_object_object_add (r, "next", next == UINT64_MAX
-                          ? NULL : json_object_new_int64 (next));
   return r;
+}
+
+#define KEYS(...) ((const char *const []) { __VA_ARGS__, NULL })
+#define NO_KEYS KEYS (NULL)
+
+/* The commands, with QMP's names and the argument keys each accepts
+ * (any other key is refused; "node", where accepted, must name the
+ * export).  Adding a command takes:
+ *   - its handler here (a bitmap command: a parser for bitmap_command,
+ *     which makes it valid as a transaction action too);
+ *   - its row in this table;
+ *   - the tracker function it calls (common/tracker/tracker.h and
+ *     checkpoints.c);
+ *   - its entry in man/nbdkit-dirtybitmap-filter.pod;
+ *   - a test in tests/test-qmp-*.sh (test-qmp-server.c checks every
+ *     row is dispatchable and refuses an unknown key by itself).
+ */
+static const struct command commands[] = {
+  { "block-dirty-bitmap-add",
+    KEYS ("node", "name", "granularity", "persistent", "disabled"),
+    bitmap_command, parse_add, TRACKER_ADD },
+  { "block-dirty-bitmap-remove", KEYS ("node", "name"),
+    bitmap_command, parse_name, TRACKER_REMOVE },
+  { "block-dirty-bitmap-clear", KEYS ("node", "name"),
+    bitmap_command, parse_name, TRACKER_CLEAR },
+  { "block-dirty-bitmap-enable", KEYS ("node", "name"),
+    bitmap_command, parse_name, TRACKER_ENABLE },
+  { "block-dirty-bitmap-disable", KEYS ("node", "name"),
+    bitmap_command, parse_name, TRACKER_DISABLE },
+  { "block-dirty-bitmap-merge", KEYS ("node", "target", "bitmaps"),
+    bitmap_command, parse_merge, TRACKER_MERGE },
+  { .name = "transaction", .keys = KEYS ("actions", "properties"),
+    .run = transaction },
+  { .name = "query-dirty-bitmaps", .keys = NO_KEYS, .run = query },
+  { .name = "x-dirtybitmap-store", .keys = NO_KEYS, .run = store },
+  { .name = "x-dirtybitmap-extents",
+    .keys = KEYS ("node", "name", "offset", "length"), .run = extents },
+};
+#define NR_COMMANDS (sizeof commands / sizeof commands[0])
+
+static const struct command *
+find_command (const char *name)
+{
+  size_t i;
+
+  for (i = 0; i < NR_COMMANDS; ++i)
+    if (strcmp (commands[i].name, name) == 0)
+      return &commands[i];
+  return NULL;
+}
+
+const char *
+qmp_commands_name (size_t i)
+{
+  return i < NR_COMMANDS ? commands[i].name : NULL;
 }
 
 struct json_object *
 qmp_commands_dispatch (void *opaque, const char *name,
-                       struct json_object *arguments,
-                       const char **error_class, char **error_desc)
+                       struct json_object *arguments)
 {
-  struct tracker *t = opaque;
-  struct args a = { arguments, NULL, error_class, error_desc };
+  const struct command *cmd = find_command (name);
+  struct json_object *failure = NULL, *value = NULL;
+  struct args a = { arguments, &failure };
 
-  *error_desc = NULL;
-  if (is_bitmap_action (name))
-    return bitmap_command (&a, t, name);
-  if (strcmp (name, "transaction") == 0)
-    return transaction (&a, t);
-  if (strcmp (name, "query-dirty-bitmaps") == 0)
-    return query (&a, t);
-  if (strcmp (name, "x-dirtybitmap-store") == 0)
-    return store (&a, t);
-  if (strcmp (name, "x-dirtybitmap-extents") == 0)
-    return extents (&a, t);
-  *error_class = QMP_ERROR_COMMAND_NOT_FOUND;
-  if (asprintf (error_desc, "no command named %s", name) == -1)
-    *error_desc = NULL;
-  return NULL;
+  if (cmd == NULL)
+    return qmp_error (QMP_ERROR_COMMAND_NOT_FOUND,
+                      "no command named %s", name);
+  if (check_args (&a, opaque, cmd->keys) == 0)
+    value = cmd->run (&a, opaque, cmd);
+  if (value == NULL)
+    return failure;             /* NULL if out of memory */
+  json_object_put (failure);
+  return qmp_return (value);
 }

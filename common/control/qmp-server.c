@@ -27,24 +27,16 @@
  * a client sending one command per line carries on with the next
  * line whatever the pieces its input arrived in.
  *
- * Creating the socket: bound inside a fresh directory of our own
- * (mkdtemp: mode 0700) next to SOCKET_PATH, chmod'ed 0600 and made to
- * listen there, then renamed onto SOCKET_PATH.  Nobody can connect
- * before the mode is 0600, umask (process-wide) is never touched, and
- * SOCKET_PATH goes in one step from absent or stale to a listening
- * socket.  When the directory's path is too long for sun_path although
- * SOCKET_PATH is not, the bind goes through /proc/self/fd/N/ instead.
+ * The socket file itself is made and removed by qmp-socket.c.
  */
 #include <config.h>
 
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <math.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -53,14 +45,13 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 
 #include <json-c/json.h>
 
 #include <nbdkit-filter.h>
 
 #include "qmp-server.h"
+#include "qmp-socket.h"
 
 #define MAX_CLIENTS 64
 #define MAX_INPUT (1024 * 1024)
@@ -83,8 +74,6 @@ struct client {
   bool negotiated;
   bool draining;                /* read no more; close once flushed */
   bool dead;                    /* close at the end of this round */
-  bool has_id;                  /* the request being answered has an id: */
-  struct json_object *req_id;   /* this one (NULL is JSON null) */
   char *out;                    /* unsent replies: out[out_start..out_end) */
   size_t out_start, out_end, out_cap;
 };
@@ -118,60 +107,27 @@ error_text (int err)
   return text ? text : "unknown error";
 }
 
-/* JSON text of OBJ followed by CRLF, malloc'd; NULL if out of memory. */
+/* JSON text of OBJ (a reference is consumed) followed by CRLF,
+ * malloc'd; NULL if out of memory.
+ */
 static char *
 json_line (struct json_object *obj)
 {
-  const char *s = json_object_to_json_string_ext (obj, PRINT_FLAGS);
+  const char *s = obj ? json_object_to_json_string_ext (obj, PRINT_FLAGS)
+    : NULL;
+  char *line = NULL;
   size_t len;
-  char *line;
 
-  if (s == NULL)
-    return NULL;
-  len = strlen (s);
-  line = malloc (len + 3);
-  if (line == NULL)
-    return NULL;
-  memcpy (line, s, len);
-  memcpy (line + len, "\r\n", 3);
+  if (s != NULL) {
+    len = strlen (s);
+    line = malloc (len + 3);
+    if (line != NULL) {
+      memcpy (line, s, len);
+      memcpy (line + len, "\r\n", 3);
+    }
+  }
+  json_object_put (obj);
   return line;
-}
-
-/* {"error": {"class": CLASS, "desc": DESC}}, plus "id": ID if HAS_ID. */
-static struct json_object *
-error_reply (const char *class, const char *desc,
-             bool has_id, struct json_object *id)
-{
-  struct json_object *reply = json_object_new_object ();
-  struct json_object *err = json_object_new_object ();
-
-  if (reply == NULL || err == NULL ||
-      json_object_object_add (err, "class",
-                              json_object_new_string (class)) == -1 ||
-      json_object_object_add (err, "desc",
-                              json_object_new_string (desc)) == -1 ||
-      json_object_object_add (reply, "error", err) == -1) {
-    json_object_put (reply);
-    json_object_put (err);
-    return NULL;
-  }
-  if (has_id &&
-      json_object_object_add (reply, "id", json_object_get (id)) == -1) {
-    json_object_put (reply);
-    return NULL;
-  }
-  return reply;
-}
-
-/* Printable form of a client-chosen name for the debug log. */
-static void
-log_name (char *dst, size_t size, const char *name)
-{
-  size_t i;
-
-  for (i = 0; i + 1 < size && name[i] != '\0'; i++)
-    dst[i] = (name[i] >= 0x20 && name[i] < 0x7f) ? name[i] : '?';
-  dst[i] = '\0';
 }
 
 /* Clients. */
@@ -290,249 +246,6 @@ send_reply (struct client *c, struct json_object *reply)
   json_object_put (reply);
 }
 
-/* Replies to the request being handled carry its id, if any. */
-static void
-send_error (struct client *c, const char *class, const char *fs, ...)
-  __attribute__ ((format (printf, 3, 4)));
-
-static void
-send_error (struct client *c, const char *class, const char *fs, ...)
-{
-  char desc[512];
-  va_list args;
-
-  va_start (args, fs);
-  vsnprintf (desc, sizeof desc, fs, args);
-  va_end (args);
-  send_reply (c, error_reply (class, desc, c->has_id, c->req_id));
-}
-
-/* {"return": VALUE} (a reference is consumed; NULL means {}). */
-static void
-send_return (struct client *c, struct json_object *value)
-{
-  struct json_object *reply = json_object_new_object ();
-
-  if (value == NULL)
-    value = json_object_new_object ();
-  if (reply == NULL || value == NULL ||
-      json_object_object_add (reply, "return", value) == -1) {
-    json_object_put (reply);
-    json_object_put (value);
-    send_reply (c, NULL);
-    return;
-  }
-  if (c->has_id &&
-      json_object_object_add (reply, "id", json_object_get (c->req_id)) == -1) {
-    json_object_put (reply);
-    reply = NULL;
-  }
-  send_reply (c, reply);
-}
-
-/* Requests. */
-
-/* NaN and infinities parse but are not JSON: refused, so that no
- * reply (an echoed "id", say) ever carries one.
- */
-static bool
-has_non_finite (struct json_object *o)
-{
-  size_t i, n;
-
-  switch (json_object_get_type (o)) {
-  case json_type_double:
-    return !isfinite (json_object_get_double (o));
-  case json_type_array:
-    n = json_object_array_length (o);
-    for (i = 0; i < n; i++)
-      if (has_non_finite (json_object_array_get_idx (o, i)))
-        return true;
-    return false;
-  case json_type_object: {
-    struct json_object_iterator it = json_object_iter_begin (o);
-    struct json_object_iterator end = json_object_iter_end (o);
-
-    for (; !json_object_iter_equal (&it, &end); json_object_iter_next (&it))
-      if (has_non_finite (json_object_iter_peek_value (&it)))
-        return true;
-    return false;
-  }
-  default:
-    return false;
-  }
-}
-
-/* qmp_capabilities in negotiation mode.  No capability is offered. */
-static void
-negotiate (struct client *c, struct json_object *args)
-{
-  struct json_object_iterator it, end;
-  struct json_object *enable = NULL;
-  bool has_enable = false;
-  size_t i, n;
-
-  if (args != NULL) {
-    it = json_object_iter_begin (args);
-    end = json_object_iter_end (args);
-    for (; !json_object_iter_equal (&it, &end); json_object_iter_next (&it)) {
-      const char *key = json_object_iter_peek_name (&it);
-
-      if (strcmp (key, "enable") != 0) {
-        send_error (c, QMP_ERROR_GENERIC,
-                    "qmp_capabilities: unexpected argument '%.64s' "
-                    "(the only one is 'enable')", key);
-        return;
-      }
-      has_enable = true;
-      enable = json_object_iter_peek_value (&it);
-    }
-  }
-  if (has_enable) {
-    if (!json_object_is_type (enable, json_type_array)) {
-      send_error (c, QMP_ERROR_GENERIC,
-                  "qmp_capabilities: 'enable' must be an array of "
-                  "capability names");
-      return;
-    }
-    n = json_object_array_length (enable);
-    for (i = 0; i < n; i++) {
-      struct json_object *cap = json_object_array_get_idx (enable, i);
-
-      if (!json_object_is_type (cap, json_type_string)) {
-        send_error (c, QMP_ERROR_GENERIC,
-                    "qmp_capabilities: 'enable' must be an array of "
-                    "capability names");
-        return;
-      }
-      send_error (c, QMP_ERROR_GENERIC,
-                  "qmp_capabilities: capability '%.64s' is not offered "
-                  "by this server (the greeting lists none)",
-                  json_object_get_string (cap));
-      return;
-    }
-  }
-  c->negotiated = true;
-  nbdkit_debug ("control: client %" PRIu64 ": capabilities negotiated",
-                c->id);
-  send_return (c, NULL);
-}
-
-static void
-execute_request (struct qmp_server *srv, struct client *c,
-                 struct json_object *req)
-{
-  struct json_object_iterator it, end;
-  struct json_object *execute = NULL, *args = NULL, *ret;
-  const char *name, *error_class = NULL;
-  char *error_desc = NULL;
-  char logged[65];
-  bool has_execute = false, has_args = false, own_args = false;
-
-  it = json_object_iter_begin (req);
-  end = json_object_iter_end (req);
-  for (; !json_object_iter_equal (&it, &end); json_object_iter_next (&it)) {
-    const char *key = json_object_iter_peek_name (&it);
-
-    /* (A JSON null is a NULL json_object.) */
-    if (strcmp (key, "execute") == 0) {
-      has_execute = true;
-      execute = json_object_iter_peek_value (&it);
-    }
-    else if (strcmp (key, "arguments") == 0) {
-      has_args = true;
-      args = json_object_iter_peek_value (&it);
-    }
-    else if (strcmp (key, "id") == 0)
-      ;
-    else if (strcmp (key, "exec-oob") == 0) {
-      send_error (c, QMP_ERROR_GENERIC,
-                  "out-of-band execution ('exec-oob') is not supported: "
-                  "use 'execute'");
-      return;
-    }
-    else {
-      send_error (c, QMP_ERROR_GENERIC,
-                  "QMP input has an unexpected member '%.64s' "
-                  "(expected 'execute', 'arguments', 'id')", key);
-      return;
-    }
-  }
-  if (!has_execute) {
-    send_error (c, QMP_ERROR_GENERIC,
-                "QMP input has no 'execute' member");
-    return;
-  }
-  if (!json_object_is_type (execute, json_type_string)) {
-    send_error (c, QMP_ERROR_GENERIC,
-                "QMP input member 'execute' must be a string");
-    return;
-  }
-  if (has_args && !json_object_is_type (args, json_type_object)) {
-    send_error (c, QMP_ERROR_GENERIC,
-                "QMP input member 'arguments' must be an object");
-    return;
-  }
-  name = json_object_get_string (execute);
-  log_name (logged, sizeof logged, name);
-  nbdkit_debug ("control: client %" PRIu64 ": %s", c->id, logged);
-
-  if (!c->negotiated) {
-    if (strcmp (name, "qmp_capabilities") == 0)
-      negotiate (c, args);
-    else
-      send_error (c, QMP_ERROR_COMMAND_NOT_FOUND,
-                  "capabilities negotiation comes first: "
-                  "send 'qmp_capabilities'");
-    return;
-  }
-  if (strcmp (name, "qmp_capabilities") == 0) {
-    send_error (c, QMP_ERROR_COMMAND_NOT_FOUND,
-                "'qmp_capabilities' is valid only before negotiation, "
-                "which is already done");
-    return;
-  }
-
-  if (args == NULL) {
-    args = json_object_new_object ();
-    if (args == NULL) {
-      send_reply (c, NULL);
-      return;
-    }
-    own_args = true;
-  }
-  ret = srv->dispatch (srv->opaque, name, args, &error_class, &error_desc);
-  if (own_args)
-    json_object_put (args);
-  if (ret == NULL && (error_class != NULL || error_desc != NULL))
-    send_reply (c, error_reply (error_class ? error_class : QMP_ERROR_GENERIC,
-                                error_desc ? error_desc : "command failed",
-                                c->has_id, c->req_id));
-  else
-    send_return (c, ret);
-  free (error_desc);
-}
-
-static void
-handle_request (struct qmp_server *srv, struct client *c,
-                struct json_object *req)
-{
-  if (req == NULL || !json_object_is_type (req, json_type_object)) {
-    send_error (c, QMP_ERROR_GENERIC, "QMP input must be a JSON object");
-    return;
-  }
-  c->has_id = json_object_object_get_ex (req, "id", &c->req_id);
-  if (c->has_id && has_non_finite (c->req_id))
-    c->has_id = false;
-  if (has_non_finite (req))
-    send_error (c, QMP_ERROR_GENERIC,
-                "JSON parse error, NaN and Infinity are not JSON numbers");
-  else
-    execute_request (srv, c, req);
-  c->has_id = false;
-  c->req_id = NULL;
-}
-
 /* Feed LEN bytes from a client to its tokener, handling each complete
  * object as it ends.
  */
@@ -572,10 +285,10 @@ feed (struct qmp_server *srv, struct client *c, const char *buf, size_t len)
         nbdkit_debug ("control: client %" PRIu64 ": more than %d bytes "
                       "without completing an object: disconnecting",
                       c->id, MAX_INPUT);
-        send_error (c, QMP_ERROR_GENERIC,
-                    "QMP input too long: more than %d bytes without "
-                    "completing a JSON object; closing the connection",
-                    MAX_INPUT);
+        send_reply (c, qmp_error (QMP_ERROR_GENERIC,
+                                  "QMP input too long: more than %d bytes "
+                                  "without completing a JSON object; "
+                                  "closing the connection", MAX_INPUT));
         c->draining = true;
       }
       return;
@@ -587,8 +300,8 @@ feed (struct qmp_server *srv, struct client *c, const char *buf, size_t len)
     json_tokener_reset (c->tok);
     if (err != json_tokener_success) {
       c->in_object = 0;
-      send_error (c, QMP_ERROR_GENERIC, "JSON parse error, %s",
-                  json_tokener_error_desc (err));
+      send_reply (c, qmp_error (QMP_ERROR_GENERIC, "JSON parse error, %s",
+                                json_tokener_error_desc (err)));
       off += end;
       c->skip_line = true;
       continue;
@@ -598,14 +311,16 @@ feed (struct qmp_server *srv, struct client *c, const char *buf, size_t len)
     off += end;
     if (c->in_object + end > MAX_INPUT) {
       json_object_put (obj);
-      send_error (c, QMP_ERROR_GENERIC,
-                  "QMP input too long: a JSON object of more than %d bytes; "
-                  "closing the connection", MAX_INPUT);
+      send_reply (c, qmp_error (QMP_ERROR_GENERIC,
+                                "QMP input too long: a JSON object of more "
+                                "than %d bytes; closing the connection",
+                                MAX_INPUT));
       c->draining = true;
       return;
     }
     c->in_object = 0;
-    handle_request (srv, c, obj);
+    send_reply (c, qmp_reply_to (obj, c->id, &c->negotiated,
+                                 srv->dispatch, srv->opaque));
     json_object_put (obj);
   }
 }
@@ -765,189 +480,6 @@ server_thread (void *arg)
   return NULL;
 }
 
-/* Creating and removing the socket file. */
-
-/* Whether SOCKET_PATH can be taken: 0 if absent (*REPLACE false) or a
- * stale socket (*REPLACE true), -1 after nbdkit_error otherwise.
- */
-static int
-check_existing (const char *path, bool *replace)
-{
-  struct sockaddr_un addr = { .sun_family = AF_UNIX };
-  struct stat st;
-  int fd, r, err;
-
-  *replace = false;
-  if (lstat (path, &st) == -1) {
-    if (errno == ENOENT)
-      return 0;
-    nbdkit_error ("control socket %s: %s", path, error_text (errno));
-    return -1;
-  }
-  if (!S_ISSOCK (st.st_mode)) {
-    nbdkit_error ("control socket %s: the path exists and is not a socket: "
-                  "remove it or choose another path", path);
-    return -1;
-  }
-
-  /* A socket: is anybody listening?  Non-blocking so that a listener
-   * whose backlog is full answers EAGAIN instead of stalling us.
-   */
-  fd = socket (AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd == -1) {
-    nbdkit_error ("control socket %s: socket: %s", path, error_text (errno));
-    return -1;
-  }
-  strcpy (addr.sun_path, path);
-  r = connect (fd, (struct sockaddr *) &addr, sizeof addr);
-  err = errno;
-  close (fd);
-  if (r == -1 && err == ECONNREFUSED) {
-    nbdkit_debug ("control: %s: replacing a stale socket", path);
-    *replace = true;
-    return 0;
-  }
-  if (r == 0 || err == EAGAIN || err == EINPROGRESS) {
-    nbdkit_error ("control socket %s: another process is listening on it: "
-                  "stop that process or choose another path", path);
-    return -1;
-  }
-  nbdkit_error ("control socket %s: the path exists and checking whether "
-                "it is in use failed: %s: remove it if it is stale, or "
-                "choose another path", path, error_text (err));
-  return -1;
-}
-
-/* Put the listening socket at srv->path, as described at the top. */
-static int
-create_socket (struct qmp_server *srv, bool replace)
-{
-  struct sockaddr_un addr = { .sun_family = AF_UNIX };
-  const char *slash = strrchr (srv->path, '/');
-  /* The directory SOCKET_PATH is in: PARENT_LEN bytes of PARENT ("" for
-   * the root directory).
-   */
-  const char *parent = slash ? srv->path : ".";
-  int parent_len = slash ? (int) (slash - srv->path) : 1;
-  char *dir = NULL;
-  int dirfd = -1, fd = -1, r;
-  bool bound = false;
-  struct stat st;
-
-  if (asprintf (&dir, "%.*s/.qmp-XXXXXX", parent_len, parent) == -1) {
-    dir = NULL;
-    nbdkit_error ("control socket %s: out of memory", srv->path);
-    goto err;
-  }
-  if (mkdtemp (dir) == NULL) {
-    nbdkit_error ("control socket %s: creating a private directory in "
-                  "%.*s to make the socket in: %s", srv->path,
-                  parent_len ? parent_len : 1, parent_len ? parent : "/",
-                  error_text (errno));
-    free (dir);
-    dir = NULL;
-    goto err;
-  }
-  if (strlen (dir) + 2 < sizeof addr.sun_path)
-    snprintf (addr.sun_path, sizeof addr.sun_path, "%s/s", dir);
-  else {
-    dirfd = open (dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (dirfd == -1) {
-      nbdkit_error ("control socket %s: opening %s: %s",
-                    srv->path, dir, error_text (errno));
-      goto err;
-    }
-    snprintf (addr.sun_path, sizeof addr.sun_path,
-              "/proc/self/fd/%d/s", dirfd);
-  }
-
-  fd = socket (AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd == -1) {
-    nbdkit_error ("control socket %s: socket: %s",
-                  srv->path, error_text (errno));
-    goto err;
-  }
-  if (bind (fd, (struct sockaddr *) &addr, sizeof addr) == -1) {
-    nbdkit_error ("control socket %s: binding in %s: %s",
-                  srv->path, dir, error_text (errno));
-    goto err;
-  }
-  bound = true;
-  if (chmod (addr.sun_path, 0600) == -1 ||
-      lstat (addr.sun_path, &st) == -1) {
-    nbdkit_error ("control socket %s: setting its mode to 0600: %s",
-                  srv->path, error_text (errno));
-    goto err;
-  }
-  if (listen (fd, SOMAXCONN) == -1) {
-    nbdkit_error ("control socket %s: listen: %s",
-                  srv->path, error_text (errno));
-    goto err;
-  }
-
-  if (replace)
-    r = rename (addr.sun_path, srv->path);
-  else {
-    r = renameat2 (AT_FDCWD, addr.sun_path, AT_FDCWD, srv->path,
-                   RENAME_NOREPLACE);
-    if (r == -1 && (errno == EINVAL || errno == ENOSYS ||
-                    errno == EOPNOTSUPP)) {
-      /* No RENAME_NOREPLACE on this file system: check, then rename. */
-      struct stat st2;
-
-      if (lstat (srv->path, &st2) == 0)
-        errno = EEXIST;
-      else
-        r = rename (addr.sun_path, srv->path);
-    }
-  }
-  if (r == -1) {
-    if (errno == EEXIST)
-      nbdkit_error ("control socket %s: the path appeared while the socket "
-                    "was being created: remove it or choose another path",
-                    srv->path);
-    else
-      nbdkit_error ("control socket %s: moving the socket there from %s: %s",
-                    srv->path, dir, error_text (errno));
-    goto err;
-  }
-  bound = false;                /* nothing left in DIR */
-  rmdir (dir);
-  if (dirfd >= 0)
-    close (dirfd);
-  free (dir);
-  srv->dev = st.st_dev;
-  srv->ino = st.st_ino;
-  srv->listen_fd = fd;
-  return 0;
-
- err:
-  if (bound)
-    unlink (addr.sun_path);
-  if (dir)
-    rmdir (dir);
-  if (dirfd >= 0)
-    close (dirfd);
-  if (fd >= 0)
-    close (fd);
-  free (dir);
-  return -1;
-}
-
-/* Remove the socket file, unless somebody has replaced it since. */
-static void
-remove_socket (struct qmp_server *srv)
-{
-  struct stat st;
-
-  if (lstat (srv->path, &st) == 0 && S_ISSOCK (st.st_mode) &&
-      st.st_dev == srv->dev && st.st_ino == srv->ino)
-    unlink (srv->path);
-  else
-    nbdkit_debug ("control: %s is no longer our socket: left alone",
-                  srv->path);
-}
-
 static void
 free_server (struct qmp_server *srv)
 {
@@ -964,62 +496,16 @@ free_server (struct qmp_server *srv)
   free (srv);
 }
 
-/* The greeting: QEMU's shape, version 0.0.0, PACKAGE as the package. */
-static char *
-make_greeting (const char *package)
-{
-  struct json_object *greeting, *qmp, *version, *qemu;
-  char *line = NULL;
-
-  greeting = json_object_new_object ();
-  qmp = json_object_new_object ();
-  version = json_object_new_object ();
-  qemu = json_object_new_object ();
-  if (greeting == NULL || qmp == NULL || version == NULL || qemu == NULL) {
-    json_object_put (qemu);
-    json_object_put (version);
-    json_object_put (qmp);
-    json_object_put (greeting);
-    return NULL;
-  }
-  json_object_object_add (greeting, "QMP", qmp);
-  json_object_object_add (qmp, "version", version);
-  json_object_object_add (version, "qemu", qemu);
-  if (json_object_object_add (qemu, "micro", json_object_new_int (0)) == 0 &&
-      json_object_object_add (qemu, "minor", json_object_new_int (0)) == 0 &&
-      json_object_object_add (qemu, "major", json_object_new_int (0)) == 0 &&
-      json_object_object_add (version, "package",
-                              json_object_new_string (package)) == 0 &&
-      json_object_object_add (qmp, "capabilities",
-                              json_object_new_array ()) == 0)
-    line = json_line (greeting);
-  json_object_put (greeting);
-  return line;
-}
-
 struct qmp_server *
 qmp_server_start (const char *socket_path, const char *version,
                   qmp_dispatch_fn *dispatch, void *opaque)
 {
-  struct sockaddr_un addr;
   struct qmp_server *srv;
-  struct json_object *too_many;
-  char too_many_desc[128];
   sigset_t all, old;
   int fds[2], err;
-  bool replace;
 
-  if (socket_path == NULL || socket_path[0] == '\0') {
-    nbdkit_error ("control socket: the path is empty");
+  if (qmp_socket_check_path (socket_path) == -1)
     return NULL;
-  }
-  if (strlen (socket_path) >= sizeof addr.sun_path) {
-    nbdkit_error ("control socket %s: the path is %zu bytes long, Unix "
-                  "sockets allow at most %zu: choose a shorter path",
-                  socket_path, strlen (socket_path),
-                  sizeof addr.sun_path - 1);
-    return NULL;
-  }
 
   srv = calloc (1, sizeof *srv);
   if (srv == NULL) {
@@ -1030,15 +516,11 @@ qmp_server_start (const char *socket_path, const char *version,
   srv->dispatch = dispatch;
   srv->opaque = opaque;
   srv->path = strdup (socket_path);
-  srv->greeting = make_greeting (version ? version : "");
-  snprintf (too_many_desc, sizeof too_many_desc,
-            "too many clients on this control socket (the limit is %d): "
-            "try again later", MAX_CLIENTS);
-  too_many = error_reply (QMP_ERROR_GENERIC, too_many_desc, false, NULL);
-  if (too_many) {
-    srv->too_many = json_line (too_many);
-    json_object_put (too_many);
-  }
+  srv->greeting = json_line (qmp_greeting (version ? version : ""));
+  srv->too_many = json_line (qmp_error (QMP_ERROR_GENERIC,
+                                        "too many clients on this control "
+                                        "socket (the limit is %d): try again "
+                                        "later", MAX_CLIENTS));
   srv->inbuf = malloc (READ_SIZE);
   if (srv->path == NULL || srv->greeting == NULL || srv->too_many == NULL ||
       srv->inbuf == NULL) {
@@ -1053,8 +535,8 @@ qmp_server_start (const char *socket_path, const char *version,
   srv->wake_rd = fds[0];
   srv->wake_wr = fds[1];
 
-  if (check_existing (socket_path, &replace) == -1 ||
-      create_socket (srv, replace) == -1)
+  srv->listen_fd = qmp_socket_create (socket_path, &srv->dev, &srv->ino);
+  if (srv->listen_fd == -1)
     goto err;
 
   /* The thread takes no signals: they are the main program's. */
@@ -1065,7 +547,7 @@ qmp_server_start (const char *socket_path, const char *version,
   if (err != 0) {
     nbdkit_error ("control socket %s: starting its thread: %s",
                   socket_path, error_text (err));
-    remove_socket (srv);
+    qmp_socket_remove (srv->path, srv->dev, srv->ino);
     goto err;
   }
   nbdkit_debug ("control: listening on %s", socket_path);
@@ -1091,7 +573,7 @@ qmp_server_stop (struct qmp_server *srv)
   srv->nr_clients = 0;
   close (srv->listen_fd);
   srv->listen_fd = -1;
-  remove_socket (srv);
+  qmp_socket_remove (srv->path, srv->dev, srv->ino);
   nbdkit_debug ("control: %s: stopped", srv->path);
   free_server (srv);
 }

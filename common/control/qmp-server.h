@@ -4,33 +4,14 @@
 
 /* A QMP-compatible control socket: QEMU's wire protocol (greeting,
  * capabilities negotiation, one JSON object per command, "return" or
- * "error" replies, "id" echoed) on a Unix socket, serving any number
- * of clients at once from one thread.  What the commands do is the
- * dispatcher's business.
+ * "error" replies, "id" echoed: see qmp-protocol.h) on a Unix socket,
+ * serving any number of clients at once from one thread.  What the
+ * commands do is the dispatcher's business.
  */
 #ifndef DIRTYBITMAP_QMP_SERVER_H
 #define DIRTYBITMAP_QMP_SERVER_H
 
-#include <json-c/json.h>
-
-/* QMP error classes used in replies. */
-#define QMP_ERROR_GENERIC           "GenericError"
-#define QMP_ERROR_COMMAND_NOT_FOUND "CommandNotFound"
-
-/* Run command NAME with ARGS (an object, never NULL; borrowed: take a
- * reference to keep any of it).  Returns the "return" value (a new
- * reference, any JSON value; NULL means an empty object), or sets
- * *ERROR_CLASS (static string) and *ERROR_DESC (malloc'd, freed by the
- * server) and returns NULL; a NULL return with only *ERROR_DESC set is
- * a GenericError.  Called from the server's thread, one command at a
- * time whatever the number of clients, so a slow command holds up
- * every client's replies.  qmp_capabilities is handled by the server and never
- * reaches the dispatcher, nor does anything before negotiation.
- */
-typedef struct json_object *qmp_dispatch_fn (void *opaque, const char *name,
-                                             struct json_object *args,
-                                             const char **error_class,
-                                             char **error_desc);
+#include "qmp-protocol.h"
 
 struct qmp_server;
 

@@ -5,6 +5,7 @@
 /* Unit tests for the QMP transport: greeting, negotiation, framing of
  * JSON objects over any pieces of input, error replies, limits, and
  * the socket file's life cycle.  Clients are plain AF_UNIX sockets.
+ * Then the command table, through qmp_commands_dispatch directly.
  */
 #include <config.h>
 
@@ -26,7 +27,9 @@
 
 #include <json-c/json.h>
 
+#include "qmp-commands.h"
 #include "qmp-server.h"
+#include "qmp-socket.h"
 #include "unit-test.h"
 
 #define BIG_REPLY (1024 * 1024)
@@ -41,8 +44,7 @@ static _Atomic int dispatched;
  * is CommandNotFound.
  */
 static struct json_object *
-dispatch (void *opaque, const char *name, struct json_object *args,
-          const char **error_class, char **error_desc)
+dispatch (void *opaque, const char *name, struct json_object *args)
 {
   CHECK (opaque == &dispatched);
   CHECK (!pthread_equal (pthread_self (), main_thread));
@@ -50,14 +52,11 @@ dispatch (void *opaque, const char *name, struct json_object *args,
   dispatched++;
 
   if (strcmp (name, "echo") == 0)
-    return json_object_get (args);
+    return qmp_return (json_object_get (args));
   if (strcmp (name, "empty") == 0)
-    return NULL;
-  if (strcmp (name, "fail") == 0) {
-    *error_class = QMP_ERROR_GENERIC;
-    *error_desc = strdup ("it failed");
-    return NULL;
-  }
+    return qmp_return (NULL);
+  if (strcmp (name, "fail") == 0)
+    return qmp_error (QMP_ERROR_GENERIC, "it failed");
   if (strcmp (name, "big") == 0) {
     char *s = malloc (BIG_REPLY + 1);
     struct json_object *o;
@@ -67,11 +66,9 @@ dispatch (void *opaque, const char *name, struct json_object *args,
     s[BIG_REPLY] = '\0';
     o = json_object_new_string (s);
     free (s);
-    return o;
+    return qmp_return (o);
   }
-  *error_class = QMP_ERROR_COMMAND_NOT_FOUND;
-  CHECK (asprintf (error_desc, "no command %s", name) > 0);
-  return NULL;
+  return qmp_error (QMP_ERROR_COMMAND_NOT_FOUND, "no command %s", name);
 }
 
 static struct qmp_server *
@@ -711,6 +708,134 @@ test_socket_file (void)
   check_dir_clean ();
 }
 
+/* The socket file's functions on their own. */
+static void
+test_socket_functions (void)
+{
+  char p[300], longpath[200];
+  struct stat st;
+  dev_t dev;
+  ino_t ino;
+  int fd;
+
+  clear_last_error ();
+  CHECK (qmp_socket_check_path (NULL) == -1);
+  CHECK_ERROR_MENTIONS ("empty");
+  CHECK (qmp_socket_check_path ("") == -1);
+  memset (longpath, 'x', sizeof longpath - 1);
+  longpath[sizeof longpath - 1] = '\0';
+  clear_last_error ();
+  CHECK (qmp_socket_check_path (longpath) == -1);
+  CHECK_ERROR_MENTIONS ("choose a shorter path");
+  CHECK (qmp_socket_check_path ("s") == 0);
+
+  snprintf (p, sizeof p, "%s/direct", dir);
+  fd = qmp_socket_create (p, &dev, &ino);
+  CHECK (fd >= 0);
+  CHECK (lstat (p, &st) == 0 && S_ISSOCK (st.st_mode) &&
+         (st.st_mode & 07777) == 0600);
+  CHECK (st.st_dev == dev && st.st_ino == ino);
+  CHECK ((fcntl (fd, F_GETFL) & O_NONBLOCK) != 0);
+  CHECK ((fcntl (fd, F_GETFD) & FD_CLOEXEC) != 0);
+  clear_last_error ();
+  CHECK (qmp_socket_create (p, &dev, &ino) == -1);       /* it listens */
+  CHECK_ERROR_MENTIONS ("listening");
+  CHECK (st.st_dev == dev && st.st_ino == ino);
+  qmp_socket_remove (p, dev, ino + 1);                   /* not ours */
+  CHECK (is_socket (p));
+  qmp_socket_remove (p, dev, ino);
+  CHECK (access (p, F_OK) == -1 && errno == ENOENT);
+  CHECK (close (fd) == 0);
+  check_dir_clean ();
+}
+
+/* REPLY (consumed) is exactly {"error": {"class": CLASS, "desc": DESC}}. */
+static void
+check_error_reply (struct json_object *reply, const char *class,
+                   const char *desc)
+{
+  char expected[512];
+  const char *got;
+
+  snprintf (expected, sizeof expected,
+            "{\"error\":{\"class\":\"%s\",\"desc\":\"%s\"}}", class, desc);
+  CHECK (reply != NULL);
+  got = json_object_to_json_string_ext (reply, JSON_C_TO_STRING_PLAIN);
+  if (strcmp (got, expected) != 0) {
+    fprintf (stderr, "got      %s\nexpected %s\n", got, expected);
+    CHECK (false);
+  }
+  json_object_put (reply);
+}
+
+/* Dispatch NAME with ARGS (JSON text) to no tracker: only replies that
+ * come before the tracker is asked anything can be checked.
+ */
+static struct json_object *
+dispatch_text (const char *name, const char *args)
+{
+  struct json_object *a = json_tokener_parse (args), *reply;
+
+  CHECK (a != NULL);
+  reply = qmp_commands_dispatch (NULL, name, a);
+  json_object_put (a);
+  return reply;
+}
+
+/* Every command in the table is dispatched (not CommandNotFound) and
+ * refuses a key it does not know, alone and as a transaction action.
+ */
+static void
+test_command_table (void)
+{
+  const char *name;
+  char args[512], desc[256];
+  size_t i, j;
+
+  for (i = 0; (name = qmp_commands_name (i)) != NULL; i++) {
+    for (j = 0; j < i; j++)
+      CHECK (strcmp (qmp_commands_name (j), name) != 0);
+    check_error_reply (dispatch_text (name, "{\"no-such-key\":1}"),
+                       "GenericError", "unexpected argument 'no-such-key'");
+
+    snprintf (args, sizeof args, "{\"actions\":[{\"type\":\"%s\","
+              "\"data\":{\"no-such-key\":1}}]}", name);
+    if (strncmp (name, "block-dirty-bitmap-", 19) == 0)
+      snprintf (desc, sizeof desc, "unexpected argument 'no-such-key'");
+    else
+      snprintf (desc, sizeof desc,
+                "action type '%s' is not a bitmap command", name);
+    check_error_reply (dispatch_text ("transaction", args),
+                       "GenericError", desc);
+  }
+  CHECK (i >= 10);
+
+  /* Keys the table lists get past the check. */
+  check_error_reply (dispatch_text ("block-dirty-bitmap-add",
+                                    "{\"granularity\":512,\"persistent\":true,"
+                                    "\"disabled\":false}"),
+                     "GenericError", "missing argument 'name'");
+  check_error_reply (dispatch_text ("block-dirty-bitmap-merge",
+                                    "{\"bitmaps\":[]}"),
+                     "GenericError", "missing argument 'target'");
+  check_error_reply (dispatch_text ("x-dirtybitmap-extents",
+                                    "{\"offset\":0,\"length\":1}"),
+                     "GenericError", "missing argument 'name'");
+  check_error_reply (dispatch_text ("transaction",
+                                    "{\"properties\":{}}"),
+                     "GenericError", "missing argument 'actions'");
+  check_error_reply (dispatch_text ("transaction",
+                                    "{\"actions\":[{\"type\":"
+                                    "\"block-dirty-bitmap-clear\","
+                                    "\"data\":{}}]}"),
+                     "GenericError", "missing argument 'name'");
+
+  check_error_reply (dispatch_text ("nonesuch", "{}"),
+                     "CommandNotFound", "no command named nonesuch");
+  check_error_reply (dispatch_text ("qmp_capabilities", "{}"),
+                     "CommandNotFound", "no command named qmp_capabilities");
+}
+
 int
 main (void)
 {
@@ -731,12 +856,14 @@ main (void)
   test_interleaved ();
   test_not_reading ();
   test_socket_file ();
+  test_socket_functions ();
   check_dir_clean ();
   qmp_server_stop (srv);
   CHECK (access (path, F_OK) == -1 && errno == ENOENT);
   qmp_server_stop (NULL);
 
   test_too_many ();
+  test_command_table ();
 
   CHECK (rmdir (dir) == 0);
   clock_gettime (CLOCK_MONOTONIC, &t1);
