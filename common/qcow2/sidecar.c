@@ -16,7 +16,6 @@
 
 #include <nbdkit-filter.h>
 
-#include "byte-order.h"
 #include "checked-io.h"
 #include "qemu-lock.h"
 #include "sidecar.h"
@@ -73,6 +72,7 @@ int
 sidecar_create (const char *path, uint64_t virtual_size)
 {
   const uint64_t cs = UINT64_C(1) << SIDECAR_NEW_CLUSTER_BITS;
+  const uint64_t block_offset = 2 * cs;
   struct qcow2_header h = {
     .version = 3,
     .cluster_bits = SIDECAR_NEW_CLUSTER_BITS,
@@ -132,7 +132,7 @@ sidecar_create (const char *path, uint64_t virtual_size)
 
   /* Cluster 1: refcount table with one block, at cluster 2. */
   memset (buf, 0, cs);
-  store_be64 (buf, 2 * cs);
+  qcow2_reftable_encode (&block_offset, 1, buf);
   if (write_fully (fd, tmp, "refcount table", buf, cs, cs) == -1)
     goto err;
 
@@ -238,7 +238,7 @@ load_header (struct sidecar *sc)
   /* Decode what we have first, so a bad cluster size is reported
    * before it sizes an allocation.
    */
-  cluster_bits = first_len >= 24 ? load_be32 (&first[20]) : 0;
+  cluster_bits = qcow2_header_peek_cluster_bits (first, first_len);
   if (cluster_bits < QCOW2_MIN_CLUSTER_BITS ||
       cluster_bits > QCOW2_MAX_CLUSTER_BITS)
     return qcow2_header_decode (sc->path, first, first_len, sc->file_size,
@@ -318,7 +318,6 @@ load_bitmap_table (struct sidecar *sc, struct sidecar_bitmap *bm, bool exact)
   uint64_t expected = qcow2_bitmap_table_size (sc->header.size,
                                                e->granularity_bits,
                                                sc->header.cluster_bits);
-  uint64_t i;
   uint8_t *raw;
   int r = -1;
 
@@ -340,15 +339,11 @@ load_bitmap_table (struct sidecar *sc, struct sidecar_bitmap *bm, bool exact)
     goto out;
   }
   if (read_fully (sc->fd, sc->path, "bitmap table", raw,
-                  (size_t) e->table_size * 8, e->table_offset) == -1)
+                  (size_t) e->table_size * 8, e->table_offset) == -1 ||
+      qcow2_bitmap_table_decode (sc->path, e->name, raw, e->table_size,
+                                 sc->header.cluster_bits, sc->file_size,
+                                 bm->table, bm->all_ones) == -1)
     goto out;
-  for (i = 0; i < e->table_size; ++i)
-    if (qcow2_bitmap_table_entry_decode (sc->path, e->name, i,
-                                         load_be64 (&raw[i * 8]),
-                                         sc->header.cluster_bits,
-                                         sc->file_size, &bm->table[i],
-                                         &bm->all_ones[i]) == -1)
-      goto out;
   r = 0;
 
  out:
@@ -1030,12 +1025,10 @@ write_header (struct sidecar *sc)
 static int
 write_autoclear (struct sidecar *sc, uint64_t autoclear)
 {
-  uint8_t raw[8];
-
   sc->header.autoclear_features = autoclear;
-  store_be64 (raw, autoclear);
-  memcpy (&sc->header_raw[QCOW2_HEADER_AUTOCLEAR_OFFSET], raw, 8);
-  if (write_fully (sc->fd, sc->path, "header autoclear features", raw, 8,
+  qcow2_header_encode_autoclear (autoclear, sc->header_raw);
+  if (write_fully (sc->fd, sc->path, "header autoclear features",
+                   &sc->header_raw[QCOW2_HEADER_AUTOCLEAR_OFFSET], 8,
                    QCOW2_HEADER_AUTOCLEAR_OFFSET) == -1 ||
       sync_data (sc->fd, sc->path, "header") == -1)
     return -1;
@@ -1189,8 +1182,7 @@ write_bitmap (struct sidecar *sc, struct sidecar_bitmap *bm,
     if (table[i] == 0)
       goto out;
   }
-  for (i = 0; i < e->table_size; ++i)
-    store_be64 (&raw[i * 8], qcow2_bitmap_table_entry_encode (table[i]));
+  qcow2_bitmap_table_encode (table, e->table_size, raw);
   e->table_offset = write_new_clusters (sc, "bitmap table", raw, table_bytes);
   if (e->table_offset == 0)
     goto out;
