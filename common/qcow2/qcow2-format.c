@@ -749,14 +749,21 @@ qcow2_bitmap_table_decode (const char *path, const char *name,
   return 0;
 }
 
+/* A table of N big-endian offsets, each with only the bits of MASK. */
+static void
+encode_offset_table (const uint64_t *offsets, uint64_t n, uint64_t mask,
+                     uint8_t *buf)
+{
+  uint64_t i;
+
+  for (i = 0; i < n; ++i)
+    store_be64 (&buf[i * 8], offsets[i] & mask);
+}
+
 void
 qcow2_bitmap_table_encode (const uint64_t *offsets, uint32_t n, uint8_t *buf)
 {
-  uint32_t i;
-
-  for (i = 0; i < n; ++i)
-    store_be64 (&buf[(size_t) i * 8],
-                qcow2_bitmap_table_entry_encode (offsets[i]));
+  encode_offset_table (offsets, n, BME_OFFSET_MASK, buf);
 }
 
 #define REFT_OFFSET_MASK UINT64_C(0xfffffffffffffe00)
@@ -783,10 +790,7 @@ qcow2_reftable_entry_decode (const char *path, uint64_t index, uint64_t raw,
 void
 qcow2_reftable_encode (const uint64_t *offsets, uint64_t n, uint8_t *buf)
 {
-  uint64_t i;
-
-  for (i = 0; i < n; ++i)
-    store_be64 (&buf[i * 8], offsets[i] & REFT_OFFSET_MASK);
+  encode_offset_table (offsets, n, REFT_OFFSET_MASK, buf);
 }
 
 uint64_t
