@@ -30,9 +30,16 @@ enum {
   H_CLUSTER_BITS = 20, H_SIZE = 24, H_CRYPT = 32, H_L1_SIZE = 36,
   H_L1_OFFSET = 40, H_REFTABLE_OFFSET = 48, H_REFTABLE_CLUSTERS = 56,
   H_NB_SNAPSHOTS = 60, H_SNAPSHOTS_OFFSET = 64, H_INCOMPAT = 72,
-  H_COMPAT = 80, H_AUTOCLEAR = 88, H_REFCOUNT_ORDER = 96,
+  H_COMPAT = 80, H_AUTOCLEAR = QCOW2_HEADER_AUTOCLEAR_OFFSET,
+  H_REFCOUNT_ORDER = 96,
   H_HEADER_LENGTH = 100, H_COMPRESSION_TYPE = 104,
 };
+
+uint32_t
+qcow2_header_peek_cluster_bits (const uint8_t *buf, size_t len)
+{
+  return len >= H_CLUSTER_BITS + 4 ? load_be32 (&buf[H_CLUSTER_BITS]) : 0;
+}
 
 int
 qcow2_header_decode (const char *path, const uint8_t *buf, size_t len,
@@ -216,6 +223,12 @@ qcow2_header_encode (const struct qcow2_header *h, uint8_t *buf)
   store_be32 (&buf[H_HEADER_LENGTH], h->header_length);
   if (h->header_length > H_COMPRESSION_TYPE)
     buf[H_COMPRESSION_TYPE] = h->compression_type;
+}
+
+void
+qcow2_header_encode_autoclear (uint64_t autoclear, uint8_t *buf)
+{
+  store_be64 (&buf[H_AUTOCLEAR], autoclear);
 }
 
 int
@@ -719,6 +732,40 @@ qcow2_bitmap_table_entry_encode (uint64_t offset)
   return offset & BME_OFFSET_MASK;
 }
 
+int
+qcow2_bitmap_table_decode (const char *path, const char *name,
+                           const uint8_t *buf, uint32_t n,
+                           unsigned cluster_bits, uint64_t file_size,
+                           uint64_t *offsets, bool *all_ones)
+{
+  uint32_t i;
+
+  for (i = 0; i < n; ++i)
+    if (qcow2_bitmap_table_entry_decode (path, name, i,
+                                         load_be64 (&buf[(size_t) i * 8]),
+                                         cluster_bits, file_size,
+                                         &offsets[i], &all_ones[i]) == -1)
+      return -1;
+  return 0;
+}
+
+/* A table of N big-endian offsets, each with only the bits of MASK. */
+static void
+encode_offset_table (const uint64_t *offsets, uint64_t n, uint64_t mask,
+                     uint8_t *buf)
+{
+  uint64_t i;
+
+  for (i = 0; i < n; ++i)
+    store_be64 (&buf[i * 8], offsets[i] & mask);
+}
+
+void
+qcow2_bitmap_table_encode (const uint64_t *offsets, uint32_t n, uint8_t *buf)
+{
+  encode_offset_table (offsets, n, BME_OFFSET_MASK, buf);
+}
+
 #define REFT_OFFSET_MASK UINT64_C(0xfffffffffffffe00)
 
 int
@@ -738,6 +785,12 @@ qcow2_reftable_entry_decode (const char *path, uint64_t index, uint64_t raw,
     return -1;
   }
   return 0;
+}
+
+void
+qcow2_reftable_encode (const uint64_t *offsets, uint64_t n, uint8_t *buf)
+{
+  encode_offset_table (offsets, n, REFT_OFFSET_MASK, buf);
 }
 
 uint64_t

@@ -88,6 +88,14 @@ struct qcow2_header {
   uint8_t compression_type;
 };
 
+/* The cluster_bits field of a header of which only the first LEN
+ * bytes are at BUF, not validated (0 if LEN does not reach it): enough
+ * to size the read of the first cluster, which qcow2_header_decode
+ * then checks whole.
+ */
+extern uint32_t qcow2_header_peek_cluster_bits (const uint8_t *buf,
+                                                size_t len);
+
 /* Decode and validate the header at the start of BUF (LEN bytes, at
  * least QCOW2_V3_HEADER_MIN) of a file of FILE_SIZE bytes.
  */
@@ -102,6 +110,11 @@ extern void qcow2_header_encode (const struct qcow2_header *h, uint8_t *buf);
 
 /* Byte offset of the autoclear field, for rewriting it alone. */
 #define QCOW2_HEADER_AUTOCLEAR_OFFSET 88
+
+/* Encode AUTOCLEAR alone into the header at BUF (at least
+ * QCOW2_HEADER_AUTOCLEAR_OFFSET + 8 bytes).
+ */
+extern void qcow2_header_encode_autoclear (uint64_t autoclear, uint8_t *buf);
 
 /* A header extension kept as raw bytes, so unknown ones are preserved. */
 struct qcow2_extension {
@@ -251,10 +264,25 @@ extern int qcow2_bitmap_table_entry_decode (const char *path, const char *name,
                                             uint64_t *offset, bool *all_ones);
 extern uint64_t qcow2_bitmap_table_entry_encode (uint64_t offset);
 
+/* A whole bitmap table: N entries of 8 bytes at BUF, decoded into
+ * OFFSETS and ALL_ONES (N each) with the checks of
+ * qcow2_bitmap_table_entry_decode, or encoded from OFFSETS.
+ */
+extern int qcow2_bitmap_table_decode (const char *path, const char *name,
+                                      const uint8_t *buf, uint32_t n,
+                                      unsigned cluster_bits,
+                                      uint64_t file_size,
+                                      uint64_t *offsets, bool *all_ones);
+extern void qcow2_bitmap_table_encode (const uint64_t *offsets, uint32_t n,
+                                       uint8_t *buf);
+
 /* One refcount table entry. */
 extern int qcow2_reftable_entry_decode (const char *path, uint64_t index,
                                         uint64_t raw, unsigned cluster_bits,
                                         uint64_t file_size, uint64_t *offset);
+/* N refcount table entries (refcount block offsets) at BUF. */
+extern void qcow2_reftable_encode (const uint64_t *offsets, uint64_t n,
+                                   uint8_t *buf);
 
 /* Refcount block entries of 1 << ORDER bits, big-endian within the
  * block as the spec lays them out.

@@ -221,6 +221,47 @@ test_header_round_trip (void)
   CHECK (header_ok (&h, HDR_FILE_SIZE) == 0);
 }
 
+/* The header's fields read or written alone: the cluster size of a
+ * partial header, and the autoclear field rewritten in place.
+ */
+static void
+test_header_fields_alone (void)
+{
+  struct qcow2_header h, out;
+  uint8_t before[QCOW2_V3_HEADER_MIN];
+  size_t i;
+
+  valid_header (&h);
+  memset (hbuf, 0, sizeof hbuf);
+  qcow2_header_encode (&h, hbuf);
+  CHECK_EQ_U64 (qcow2_header_peek_cluster_bits (hbuf, QCOW2_V3_HEADER_MIN),
+                16);
+  CHECK_EQ_U64 (qcow2_header_peek_cluster_bits (hbuf, 24), 16);
+  /* Too short to hold the field: 0, which no valid header has. */
+  CHECK_EQ_U64 (qcow2_header_peek_cluster_bits (hbuf, 23), 0);
+  CHECK_EQ_U64 (qcow2_header_peek_cluster_bits (hbuf, 0), 0);
+  /* Not validated: whatever the bytes say. */
+  store_be32 (&hbuf[20], 63);
+  CHECK_EQ_U64 (qcow2_header_peek_cluster_bits (hbuf, 24), 63);
+
+  /* The autoclear field alone changes, at its documented offset. */
+  qcow2_header_encode (&h, hbuf);
+  memcpy (before, hbuf, sizeof before);
+  qcow2_header_encode_autoclear (QCOW2_AUTOCLEAR_BITMAPS
+                                 | QCOW2_AUTOCLEAR_JOURNAL, hbuf);
+  CHECK_EQ_U64 (load_be64 (&hbuf[QCOW2_HEADER_AUTOCLEAR_OFFSET]),
+                QCOW2_AUTOCLEAR_BITMAPS | QCOW2_AUTOCLEAR_JOURNAL);
+  for (i = 0; i < sizeof before; ++i)
+    if (i < QCOW2_HEADER_AUTOCLEAR_OFFSET ||
+        i >= QCOW2_HEADER_AUTOCLEAR_OFFSET + 8)
+      CHECK_EQ_U64 (hbuf[i], before[i]);
+  clear_last_error ();
+  CHECK (qcow2_header_decode (PATH, hbuf, sizeof hbuf, HDR_FILE_SIZE,
+                              &out) == 0);
+  h.autoclear_features = QCOW2_AUTOCLEAR_BITMAPS | QCOW2_AUTOCLEAR_JOURNAL;
+  check_headers_equal (&out, &h);
+}
+
 static void
 test_header_refusals (void)
 {
@@ -977,6 +1018,54 @@ test_table_entries (void)
   CHECK (!all_ones);
 }
 
+/* Whole tables: the layout (big-endian, one entry per 8 bytes), each
+ * entry checked as above, and the failing entry named by its index.
+ */
+static void
+test_tables (void)
+{
+  const uint64_t offsets[4] = {
+    0x30000, 0, 0x50000, UINT64_C(0xff00000000040000)
+  };
+  uint64_t decoded[4], blocks[2] = { 0x20000, 0x40000 | 0x1ff };
+  bool all_ones[4];
+  uint8_t raw[32];
+
+  qcow2_bitmap_table_encode (offsets, 4, raw);
+  CHECK_EQ_U64 (load_be64 (&raw[0]), 0x30000);
+  CHECK_EQ_U64 (load_be64 (&raw[8]), 0);
+  CHECK_EQ_U64 (load_be64 (&raw[16]), 0x50000);
+  CHECK_EQ_U64 (load_be64 (&raw[24]), 0x40000);   /* reserved bits dropped */
+  clear_last_error ();
+  CHECK (qcow2_bitmap_table_decode (PATH, "bm", raw, 4, 16, TE_FILE_SIZE,
+                                    decoded, all_ones) == 0);
+  CHECK_EQ_U64 (decoded[0], 0x30000);
+  CHECK_EQ_U64 (decoded[1], 0);
+  CHECK_EQ_U64 (decoded[2], 0x50000);
+  CHECK_EQ_U64 (decoded[3], 0x40000);
+  CHECK (!all_ones[0] && !all_ones[1] && !all_ones[2] && !all_ones[3]);
+
+  /* An all-ones entry; then a bad one, named by its index. */
+  store_be64 (&raw[8], 1);
+  CHECK (qcow2_bitmap_table_decode (PATH, "bm", raw, 4, 16, TE_FILE_SIZE,
+                                    decoded, all_ones) == 0);
+  CHECK (all_ones[1]);
+  CHECK_EQ_U64 (decoded[1], 0);
+  store_be64 (&raw[16], 0x50200);
+  clear_last_error ();
+  CHECK (qcow2_bitmap_table_decode (PATH, "bm", raw, 4, 16, TE_FILE_SIZE,
+                                    decoded, all_ones) == -1);
+  CHECK_ERROR_MENTIONS ("'bm'");
+  CHECK_ERROR_MENTIONS ("table entry 2");
+  /* No entry: nothing read. */
+  CHECK (qcow2_bitmap_table_decode (PATH, "bm", NULL, 0, 16, TE_FILE_SIZE,
+                                    NULL, NULL) == 0);
+
+  qcow2_reftable_encode (blocks, 2, raw);
+  CHECK_EQ_U64 (load_be64 (&raw[0]), 0x20000);
+  CHECK_EQ_U64 (load_be64 (&raw[8]), 0x40000);    /* reserved bits dropped */
+}
+
 static int
 reftable_entry_try (uint64_t raw, uint64_t *offset)
 {
@@ -1536,12 +1625,14 @@ int
 main (void)
 {
   test_header_round_trip ();
+  test_header_fields_alone ();
   test_header_refusals ();
   test_extensions ();
   test_feature_table ();
   test_bitmaps_ext ();
   test_directory ();
   test_table_entries ();
+  test_tables ();
   test_reftable_entries ();
   test_refcounts ();
   test_bitmap_sizes ();
