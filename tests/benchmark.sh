@@ -1024,7 +1024,7 @@ phase_cs ()
 # --- Phase "bitmaps": many recording bitmaps vs one. ---
 
 # The bitmaps' QMP steps, on the control socket: argv: socket, tests
-# directory (for qmp.py), step, mode, bitmap count.  Step "prepare":
+# helpers directory (for qmp.py), step, mode, bitmap count.  Step "prepare":
 # one transaction making every bitmap of the mode empty and recording
 # (clear the given ones, add the rest with persistent=false).  Step
 # "check": every bitmap recording, all with the same dirty count,
@@ -1075,7 +1075,7 @@ bitmaps_count ()
 # bitmaps_prepare MODE N: run_fio's hook, between prefill and measuring.
 bitmaps_prepare ()
 {
-  "$PYTHON" -c "$bitmaps_qmp_py" "$control" "$abs_top_srcdir/tests" \
+  "$PYTHON" -c "$bitmaps_qmp_py" "$control" "$abs_top_srcdir/tests/helpers" \
     prepare "$1" "$(bitmaps_count "$1")" "$BENCH_BITMAPS_ADD" ||
     die "could not prepare the bitmaps ($1, run $2)"
 }
@@ -1108,7 +1108,7 @@ phase_bitmaps ()
       start_nbdkit "$mode"
       run_fio "$mode" "bitmaps$run" "$BENCH_BITMAPS_SECONDS" "$BENCH_RAMP" 1
       dirty="$("$PYTHON" -c "$bitmaps_qmp_py" "$control" \
-                 "$abs_top_srcdir/tests" check "$mode" \
+                 "$abs_top_srcdir/tests/helpers" check "$mode" \
                  "$(bitmaps_count "$mode")" "$BENCH_BITMAPS_ADD")" ||
         die "the bitmaps did not all record ($mode, run $run)"
       stop_nbdkit "$mode"
