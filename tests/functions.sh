@@ -251,7 +251,8 @@ wait_control ()
   fail "no control socket at $ctl"
 }
 
-# Run QMP commands (tests/helpers/qmp.py syntax) on "$ctl"; each must return {}.
+# Run QMP commands (tests/helpers/qmp.py syntax) on "$ctl"; each must
+# return {}.
 qmp_ok ()
 {
   local out
