@@ -10,8 +10,8 @@
 # rest with persistent=false).  Step "check": every bitmap recording,
 # all with the same dirty count, above 0; prints that count.
 import sys
-sock, tests, step, mode, n, add = sys.argv[1:7]
-sys.path.insert(0, tests)
+sock, helpers, step, mode, n, add = sys.argv[1:7]
+sys.path.insert(0, helpers)
 import qmp
 n = int(n)
 names = ["b%d" % i for i in range(n)]
