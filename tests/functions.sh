@@ -251,11 +251,12 @@ wait_control ()
   fail "no control socket at $ctl"
 }
 
-# Run QMP commands (tests/qmp.py syntax) on "$ctl"; each must return {}.
+# Run QMP commands (tests/helpers/qmp.py syntax) on "$ctl"; each must
+# return {}.
 qmp_ok ()
 {
   local out
-  out="$(/usr/bin/python3 "$abs_top_srcdir/tests/qmp.py" "$ctl" "$@")"
+  out="$(/usr/bin/python3 "$abs_top_srcdir/tests/helpers/qmp.py" "$ctl" "$@")"
   [ "$out" = "$(printf '{"return":{}}\n%.0s' $(seq $(( $# / 2 ))))" ] ||
     fail "qmp $*: $out"
 }

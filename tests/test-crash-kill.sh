@@ -24,9 +24,9 @@
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 
 requires timeout tail
-loadgen="$abs_top_builddir/tests/loadgen"
-checker="$abs_top_srcdir/tests/covered-check.py"
-[ -x "$loadgen" ] || fail "$loadgen is not built (make -C tests loadgen)"
+loadgen="$abs_top_builddir/tests/helpers/loadgen"
+checker="$abs_top_srcdir/tests/helpers/covered-check.py"
+[ -x "$loadgen" ] || fail "$loadgen is not built (make -C tests helpers/loadgen)"
 
 iterations="${CRASH_ITERATIONS:-24}"
 seed="${CRASH_SEED:-$(( $(date +%s%N) % 32768 ))}"

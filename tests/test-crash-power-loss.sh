@@ -24,8 +24,8 @@
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 requires cmp
 
-shim="$abs_top_builddir/tests/.libs/powerloss.so"
-[ -f "$shim" ] || fail "$shim is not built (make -C tests powerloss.la)"
+shim="$abs_top_builddir/tests/helpers/.libs/powerloss.so"
+[ -f "$shim" ] || fail "$shim is not built (make -C tests helpers/powerloss.la)"
 
 size=$((64 * 1024 * 1024))
 seed="${POWERLOSS_SEED:-$(( (RANDOM << 15) | RANDOM ))}"

@@ -12,7 +12,7 @@
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 
 size=$((16 * 1024 * 1024))
-edit=("/usr/bin/python3" "$abs_top_srcdir/tests/header-edit.py")
+edit=("/usr/bin/python3" "$abs_top_srcdir/tests/helpers/header-edit.py")
 
 crash ()
 {

@@ -11,7 +11,7 @@
 # the bitmap, holding only what reached the plugin.
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 requires timeout
-shim="$abs_top_builddir/tests/.libs/powerloss.so"
+shim="$abs_top_builddir/tests/helpers/.libs/powerloss.so"
 [ -f "$shim" ] || fail "$shim is not built (make check builds it)"
 
 sidecar="$tmpdir/sidecar.qcow2"

@@ -10,13 +10,13 @@
 # once, with an error naming the sidecar and the faulty field, and
 # leaves the file byte-identical.
 #
-# The variants are derived by tests/malformed-sidecars.py, which parses
-# a sidecar made by qemu-img and the filter and prints, for each
-# variant, the text the error must contain.
+# The variants are derived by tests/helpers/malformed-sidecars.py,
+# which parses a sidecar made by qemu-img and the filter and prints, for
+# each variant, the text the error must contain.
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 requires timeout cmp date
 
-generator="$abs_top_srcdir/tests/malformed-sidecars.py"
+generator="$abs_top_srcdir/tests/helpers/malformed-sidecars.py"
 # The filter makes dirtybitmap-file= absolute against its working
 # directory: give it absolute paths so the messages can be matched.
 dir="$(cd "$tmpdir" && pwd)"

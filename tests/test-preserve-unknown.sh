@@ -9,7 +9,7 @@
 # as the qcow2 spec requires of a writer.
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 requires qemu-io md5sum
-edit="/usr/bin/python3 $abs_top_srcdir/tests/header-edit.py"
+edit="/usr/bin/python3 $abs_top_srcdir/tests/helpers/header-edit.py"
 size=$((64 * 1024 * 1024))
 
 # Everything QEMU's tools can say about a sidecar, bitmaps aside.

@@ -17,7 +17,7 @@ ctl="$tmpdir/ctl"
 # The last 64K granule holds 12345 bytes, the last 4K one 57, the last
 # 512-byte one 57.
 size=$((16 * 1024 * 1024 + 12345))
-export PYTHONPATH="$abs_top_srcdir/tests"
+export PYTHONPATH="$abs_top_srcdir/tests/helpers"
 
 start_nbdkit_background "$sock" memory $size \
   dirtybitmap-file="$sidecar" dirtybitmap-control="$ctl"

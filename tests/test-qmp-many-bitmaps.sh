@@ -25,7 +25,7 @@ sidecar="$tmpdir/sidecar.qcow2"
 sock="$tmpdir/nbd.sock"
 ctl="$tmpdir/ctl"
 size=$((64 * 1024 * 1024))
-export PYTHONPATH="$abs_top_srcdir/tests"
+export PYTHONPATH="$abs_top_srcdir/tests/helpers"
 
 start_nbdkit_background "$sock" memory $size \
   dirtybitmap-file="$sidecar" dirtybitmap-control="$ctl"

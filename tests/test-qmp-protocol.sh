@@ -16,7 +16,7 @@ sidecar="$tmpdir/sidecar.qcow2"
 sock="$tmpdir/nbd.sock"
 ctl="$tmpdir/ctl"
 size=$((16 * 1024 * 1024))
-export PYTHONPATH="$abs_top_srcdir/tests"
+export PYTHONPATH="$abs_top_srcdir/tests/helpers"
 
 # The control socket appears just after nbdkit's own.  (A stale socket
 # may be at its path before: wait until it accepts a connection.)
@@ -298,7 +298,7 @@ nbdsh_script "nbd+unix:///?socket=$sock" <<'EOF'
 h.pwrite(b"y" * 65536, 7 * 65536)
 assert h.pread(1, 7 * 65536) == b"y"
 EOF
-[ "$(/usr/bin/python3 "$abs_top_srcdir/tests/qmp.py" "$ctl" \
+[ "$(/usr/bin/python3 "$abs_top_srcdir/tests/helpers/qmp.py" "$ctl" \
        query-dirty-bitmaps)" = \
   '{"return":[{"busy":false,"count":'$((70 * 65536))',"granularity":65536,"inconsistent":false,"name":"rec","persistent":false,"recording":true}]}' ] ||
   fail "the nbdsh write was not recorded"
@@ -310,7 +310,7 @@ timeout 20 nbdkit -f -U "$tmpdir/nbd2.sock" --filter="$FILTER" memory $size \
      2> "$tmpdir/second.err" || status=$?
 [ "$status" -eq 1 ] ||
   { cat "$tmpdir/second.err" >&2; fail "a second nbdkit on the live control socket exited $status"; }
-/usr/bin/python3 "$abs_top_srcdir/tests/qmp.py" "$ctl" query-dirty-bitmaps |
+/usr/bin/python3 "$abs_top_srcdir/tests/helpers/qmp.py" "$ctl" query-dirty-bitmaps |
   grep -q '"name":"rec"' || fail "the live control socket was disturbed"
 
 stop

@@ -14,7 +14,7 @@ sock="$tmpdir/nbd.sock"
 ctl="$tmpdir/ctl"
 uri="nbd+unix:///?socket=$sock"
 size=$((8 * 1024 * 1024))
-export PYTHONPATH="$abs_top_srcdir/tests"
+export PYTHONPATH="$abs_top_srcdir/tests/helpers"
 
 start ()
 {

@@ -17,7 +17,7 @@ sock="$tmpdir/nbd.sock"
 ctl="$tmpdir/ctl"
 uri="nbd+unix:///?socket=$sock"
 size=$((8 * 1024 * 1024))
-export PYTHONPATH="$abs_top_srcdir/tests"
+export PYTHONPATH="$abs_top_srcdir/tests/helpers"
 
 # The dirty ranges of bitmap $1 as x-dirtybitmap-extents reports them.
 qmp_map ()

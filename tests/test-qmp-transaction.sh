@@ -34,7 +34,7 @@ cat > "$tmpdir/transaction.py" <<'EOF'
 import os, random, sys, threading, time
 import nbd
 
-sys.path.insert(0, os.environ["TESTS_DIR"])
+sys.path.insert(0, os.environ["HELPERS_DIR"])
 import qmp
 
 uri, control, outdir = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -280,7 +280,7 @@ if problems:
 EOF
 
 start=$SECONDS
-TESTS_DIR="$abs_top_srcdir/tests" \
+HELPERS_DIR="$abs_top_srcdir/tests/helpers" \
 timeout 300 nbdkit -U - --filter="$FILTER" memory $size \
   dirtybitmap-file="$sidecar" dirtybitmap=A dirtybitmap-granularity=4K \
   dirtybitmap-control="$control" \

@@ -9,7 +9,7 @@
 # still serve beside it.
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 requires timeout cmp
-edit="/usr/bin/python3 $abs_top_srcdir/tests/header-edit.py"
+edit="/usr/bin/python3 $abs_top_srcdir/tests/helpers/header-edit.py"
 
 # Encrypted (LUKS, crypt_method 2): refused at start-up.  The field is
 # set by hand: creating a real LUKS image times its key derivation,

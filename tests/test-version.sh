@@ -26,7 +26,7 @@ ctl="$tmpdir/ctl"
 start_nbdkit_background "$sock" memory 1M \
   dirtybitmap-file="$tmpdir/sidecar.qcow2" dirtybitmap-control="$ctl"
 wait_control
-package="$(PYTHONPATH="$abs_top_srcdir/tests" /usr/bin/python3 -c '
+package="$(PYTHONPATH="$abs_top_srcdir/tests/helpers" /usr/bin/python3 -c '
 import sys, qmp
 print(qmp.Client(sys.argv[1], negotiate=False).greeting["QMP"]["version"]["package"])' "$ctl")"
 [ "$package" = "nbdkit-dirtybitmap $version" ] ||

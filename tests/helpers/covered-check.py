@@ -8,7 +8,7 @@
 # A request must be covered if it reached the plugin before nbdkit
 # died, acknowledged or not.  Two sources say which requests did:
 #
-#  - loadgen's logs (tests/loadgen.c): a request the server
+#  - loadgen's logs (tests/helpers/loadgen.c): a request the server
 #    acknowledged as done ("A ... ok") went through the filter.  One
 #    that failed ("A ... err") may have failed before (nbdkit answers
 #    ESHUTDOWN to requests it no longer passes down when it stops);
