@@ -769,10 +769,12 @@ qcow2_bitmap_table_encode (const uint64_t *offsets, uint32_t n, uint8_t *buf)
 #define REFT_OFFSET_MASK UINT64_C(0xfffffffffffffe00)
 
 int
-qcow2_reftable_entry_decode (const char *path, uint64_t index, uint64_t raw,
-                             unsigned cluster_bits, uint64_t file_size,
-                             uint64_t *offset)
+qcow2_reftable_entry_decode (const char *path, uint64_t index,
+                             const uint8_t *table, unsigned cluster_bits,
+                             uint64_t file_size, uint64_t *offset)
 {
+  const uint64_t raw = load_be64 (&table[index * 8]);
+
   *offset = raw & REFT_OFFSET_MASK;
   if ((raw & ~REFT_OFFSET_MASK) ||
       (*offset != 0 &&

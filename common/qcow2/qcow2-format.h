@@ -276,9 +276,10 @@ extern int qcow2_bitmap_table_decode (const char *path, const char *name,
 extern void qcow2_bitmap_table_encode (const uint64_t *offsets, uint32_t n,
                                        uint8_t *buf);
 
-/* One refcount table entry. */
+/* Refcount table entry INDEX of the table at TABLE. */
 extern int qcow2_reftable_entry_decode (const char *path, uint64_t index,
-                                        uint64_t raw, unsigned cluster_bits,
+                                        const uint8_t *table,
+                                        unsigned cluster_bits,
                                         uint64_t file_size, uint64_t *offset);
 /* N refcount table entries (refcount block offsets) at BUF. */
 extern void qcow2_reftable_encode (const uint64_t *offsets, uint64_t n,

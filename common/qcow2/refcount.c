@@ -10,7 +10,6 @@
 
 #include <nbdkit-filter.h>
 
-#include "byte-order.h"
 #include "checked-io.h"
 #include "dirtymap.h"
 #include "refcount.h"
@@ -57,7 +56,7 @@ refcounts_load (struct refcounts *rc, const char *path, int fd,
   if (seen == NULL)
     goto err;
   for (i = 0; i < rc->table_entries; ++i) {
-    if (qcow2_reftable_entry_decode (path, i, load_be64 (&raw[i * 8]),
+    if (qcow2_reftable_entry_decode (path, i, raw,
                                      h->cluster_bits, file_size,
                                      &rc->table[i]) == -1)
       goto err;
@@ -256,7 +255,7 @@ refcounts_write (struct refcounts *rc)
 
     if (!rc->table_entry_dirty[i])
       continue;
-    store_be64 (raw, rc->table[i]);
+    qcow2_reftable_encode (&rc->table[i], 1, raw);
     if (write_fully (rc->fd, rc->path, "refcount table entry", raw, 8,
                      rc->table_offset + i * 8) == -1)
       return -1;

@@ -1069,8 +1069,12 @@ test_tables (void)
 static int
 reftable_entry_try (uint64_t raw, uint64_t *offset)
 {
+  uint8_t table[8 * 8] = { 0 };
+
+  store_be64 (&table[7 * 8], raw);
   clear_last_error ();
-  return qcow2_reftable_entry_decode (PATH, 7, raw, 16, TE_FILE_SIZE, offset);
+  return qcow2_reftable_entry_decode (PATH, 7, table, 16, TE_FILE_SIZE,
+                                      offset);
 }
 
 #define CHECK_RT_REFUSED(raw)                                           \
