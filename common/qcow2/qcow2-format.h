@@ -251,6 +251,12 @@ extern int qcow2_bitmap_table_entry_decode (const char *path, const char *name,
                                             uint64_t *offset, bool *all_ones);
 extern uint64_t qcow2_bitmap_table_entry_encode (uint64_t offset);
 
+/* Set bit BIT of qcow2 bitmap data at DATA: bit i of the data is the
+ * bit of value 1 << (i % 8) in byte i / 8.  Returns true if it was
+ * clear.
+ */
+extern bool qcow2_bitmap_data_set (uint8_t *data, uint64_t bit);
+
 /* One refcount table entry. */
 extern int qcow2_reftable_entry_decode (const char *path, uint64_t index,
                                         uint64_t raw, unsigned cluster_bits,

@@ -30,6 +30,14 @@
 #include "qcow2-format.h"
 #include "refcount.h"
 
+struct sidecar;
+struct sidecar_bitmap;
+
+/* The fields are the qcow2 library's own (SIDECAR_INTERNAL is defined
+ * for its sources only): everyone else asks and tells through the
+ * functions below.
+ */
+#ifdef SIDECAR_INTERNAL
 struct sidecar_bitmap {
   struct qcow2_bitmap_entry entry;  /* as it is, or will be, on disk */
   bool inconsistent;          /* IN_USE when opened: data not trusted */
@@ -75,6 +83,7 @@ struct sidecar {
   } *allocations;
   size_t nr_allocations, allocations_size;
 };
+#endif /* SIDECAR_INTERNAL */
 
 /* Clusters of the sidecars we create: 64 KiB, as QEMU's default. */
 #define SIDECAR_NEW_CLUSTER_BITS 16
@@ -149,5 +158,84 @@ extern int sidecar_commit_live (struct sidecar *sc);
  */
 extern int sidecar_remove_bitmap (struct sidecar *sc,
                                   struct sidecar_bitmap *bm);
+
+/* The rest is in sidecar-bitmap.c. */
+
+extern const char *sidecar_path (const struct sidecar *sc);
+extern uint64_t sidecar_virtual_size (const struct sidecar *sc);
+extern unsigned sidecar_cluster_bits (const struct sidecar *sc);
+
+/* The bitmaps, in the directory's order: index 0 to
+ * sidecar_nr_bitmaps - 1.
+ */
+extern size_t sidecar_nr_bitmaps (const struct sidecar *sc);
+extern struct sidecar_bitmap *sidecar_bitmap_at (const struct sidecar *sc,
+                                                 size_t i);
+
+/* Why a journal record found on disk is not trusted, or NULL. */
+extern const char *sidecar_distrust_reason (const struct sidecar *sc);
+
+extern const char *sidecar_bitmap_name (const struct sidecar_bitmap *bm);
+extern unsigned sidecar_bitmap_granularity_bits
+  (const struct sidecar_bitmap *bm);
+/* False for a bitmap left in use that could not be recovered: it has
+ * no data.
+ */
+extern bool sidecar_bitmap_is_consistent (const struct sidecar_bitmap *bm);
+/* Rebuilt from the journal at open. */
+extern bool sidecar_bitmap_was_recovered (const struct sidecar_bitmap *bm);
+/* Added this session and never committed. */
+extern bool sidecar_bitmap_is_new (const struct sidecar_bitmap *bm);
+
+/* A bitmap is "recording" when it records writes.  Stored recording:
+ * what the file says (qcow2's AUTO flag).  Recording: what this
+ * session does, false until sidecar_bitmap_resume_recording or
+ * sidecar_bitmap_set_recording says otherwise.
+ */
+extern bool sidecar_bitmap_stored_recording (const struct sidecar_bitmap *bm);
+extern bool sidecar_bitmap_is_recording (const struct sidecar_bitmap *bm);
+/* Record writes if the file says so, changing nothing on disk;
+ * returns whether it records.
+ */
+extern bool sidecar_bitmap_resume_recording (struct sidecar_bitmap *bm);
+/* Record writes or not from now on; the next commit stores it so. */
+extern void sidecar_bitmap_set_recording (struct sidecar_bitmap *bm,
+                                          bool recording);
+
+/* Its data: one bit per granule, NULL if it is not consistent. */
+extern struct dirtymap *sidecar_bitmap_data (const struct sidecar_bitmap *bm);
+/* Replace its data with DATA (of as many bits), freeing the old; the
+ * next commit stores it.
+ */
+extern void sidecar_bitmap_set_data (struct sidecar_bitmap *bm,
+                                     struct dirtymap *data);
+/* Its data changed in place: the next commit stores it. */
+extern void sidecar_bitmap_mark_changed (struct sidecar_bitmap *bm);
+
+/* Granularity of the journal that sidecar_begin_tracking creates, 0
+ * for none (the default).
+ */
+extern void sidecar_set_journal_granularity (struct sidecar *sc,
+                                             unsigned bits);
+/* Whether this session's journal exists (after sidecar_begin_tracking). */
+extern bool sidecar_has_journal (const struct sidecar *sc);
+/* Write LEN bytes of the journal's bitmap data from byte OFFSET, in
+ * place; the range must lie within one cluster.  Then sync, to make
+ * what was written durable.  -1 after nbdkit_error.
+ */
+extern int sidecar_journal_write (struct sidecar *sc, uint64_t offset,
+                                  const void *buf, size_t len);
+extern int sidecar_journal_sync (struct sidecar *sc);
+
+/* Undo sidecar_add_bitmap of BM (added this session, never
+ * committed), freeing it; cannot fail.
+ */
+extern void sidecar_discard_bitmap (struct sidecar *sc,
+                                    struct sidecar_bitmap *bm);
+/* Undo the last sidecar_remove_bitmap, of BM, which was at INDEX and
+ * on disk; cannot fail.
+ */
+extern void sidecar_restore_bitmap (struct sidecar *sc,
+                                    struct sidecar_bitmap *bm, size_t index);
 
 #endif /* DIRTYBITMAP_SIDECAR_H */
