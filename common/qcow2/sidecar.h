@@ -7,8 +7,8 @@
  * difference.
  *
  * Life cycle: sidecar_open validates the whole file and loads every
- * consistent bitmap; the caller marks which bitmaps it tracks (and may
- * add new ones); sidecar_begin_tracking flags them IN_USE on disk;
+ * consistent bitmap; the caller says which bitmaps are recording (and
+ * may add new ones); sidecar_begin_tracking flags them IN_USE on disk;
  * sidecar_store writes their data and clears IN_USE.  Everything else
  * in the file is kept as it was.
  *
@@ -42,7 +42,8 @@ struct sidecar_bitmap {
   struct qcow2_bitmap_entry entry;  /* as it is, or will be, on disk */
   bool inconsistent;          /* IN_USE when opened: data not trusted */
   bool on_disk;               /* false for a bitmap added this session */
-  bool tracked;               /* records writes: set by the caller */
+  bool tracked;               /* recording: records writes, as the
+                                 caller says (sidecar-bitmap.c) */
   bool modified;              /* data differs from disk: written at the
                                  next commit (recovered, or reset) */
   bool recovered;             /* rebuilt from the journal at open */
@@ -114,7 +115,7 @@ extern void sidecar_close (struct sidecar *sc);
 extern struct sidecar_bitmap *sidecar_find (struct sidecar *sc,
                                             const char *name);
 
-/* Add an enabled, tracked bitmap that is written at the next
+/* Add a recording bitmap that is written at the next
  * sidecar_begin_tracking; NULL after nbdkit_error (bad name, duplicate,
  * granularity beyond QEMU's limits).
  */
@@ -133,13 +134,13 @@ extern int sidecar_reset_bitmap (struct sidecar *sc,
 extern uint64_t sidecar_bitmap_granules (const struct sidecar *sc,
                                          const struct sidecar_bitmap *bm);
 
-/* Flag every tracked bitmap IN_USE on disk, flushed, before any write
+/* Flag every recording bitmap IN_USE on disk, flushed, before any write
  * is let through; new bitmaps are written with it, modified ones are
  * stored first, and the journal is created if journal_bits is set.
  */
 extern int sidecar_begin_tracking (struct sidecar *sc);
 
-/* Store every tracked or modified bitmap's data, clearing IN_USE and
+/* Store every recording or modified bitmap's data, clearing IN_USE and
  * dropping the journal.  New clusters are written and flushed, the
  * header is rewritten as the commit point, then the old clusters are
  * freed.  On failure the bitmaps stay IN_USE on disk (and protected).
@@ -147,8 +148,8 @@ extern int sidecar_begin_tracking (struct sidecar *sc);
 extern int sidecar_store (struct sidecar *sc);
 
 /* While tracking: write every new or modified bitmap and the flags as
- * they stand (IN_USE on the tracked ones only), drop removed bitmaps,
- * and keep the journal, its record naming the tracked bitmaps' new
+ * they stand (IN_USE on the recording ones only), drop removed bitmaps,
+ * and keep the journal, its record naming the recording bitmaps' new
  * tables.
  */
 extern int sidecar_commit_live (struct sidecar *sc);

@@ -65,11 +65,6 @@ extern unsigned tracker_finest_bits (const struct tracker_bitmap *bitmaps,
  */
 extern unsigned tracker_recording_bits (const struct tracker *t);
 
-/* Make B record writes or not; a persistent one is stored so at the
- * next commit.
- */
-extern void tracker_set_recording (struct tracker_bitmap *b, bool recording);
-
 /* Free the names of a list, and the data of the bitmaps in memory
  * only (the sidecar owns the others').
  */

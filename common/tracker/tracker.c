@@ -139,7 +139,7 @@ tracker_config_set_in_use_policy (struct tracker_config *cfg,
   else {
     nbdkit_error ("dirtybitmap-in-use=%s: must be keep (leave such bitmaps "
                   "in use, as QEMU does), refuse (do not start) or reset "
-                  "(make them all dirty and track them)", policy);
+                  "(make them all dirty and recording as before)", policy);
     return -1;
   }
   return 0;
@@ -223,7 +223,7 @@ in_use_bitmap (struct tracker *t, struct sidecar *sc,
                   "stops here.  Take a full backup, then remove it with "
                   "'qemu-img bitmap --remove %s %s', or start with "
                   "dirtybitmap-in-use=reset to make it all dirty and go on "
-                  "tracking", path, name, why_in_use (sc), path, name);
+                  "recording", path, name, why_in_use (sc), path, name);
     return -1;
   case IN_USE_RESET:
     if (!add)
@@ -238,12 +238,12 @@ in_use_bitmap (struct tracker *t, struct sidecar *sc,
     return sidecar_bitmap_resume_recording (bm);
   case IN_USE_KEEP:
     /* Not an error: QEMU keeps such bitmaps too, and the others can
-     * still be tracked.  Reported once, at the first look.
+     * still record.  Reported once, at the first look.
      */
     if (!t->warned_in_use)
       nbdkit_error ("warning: %s: bitmap '%s' is marked in use and cannot "
                     "be recovered (%s): it may miss writes, so it is neither "
-                    "loaded nor tracked and stays in use.  Remove it with "
+                    "loaded nor recording and stays in use.  Remove it with "
                     "'qemu-img bitmap --remove %s %s' and take a full "
                     "backup%s, or start with dirtybitmap-in-use=reset",
                     path, name, why_in_use (sc), path, name,
@@ -272,9 +272,9 @@ select_bitmaps (struct tracker *t, struct sidecar *sc, bool add)
 
     if (bm && !sidecar_bitmap_stored_recording (bm) &&
         sidecar_bitmap_is_consistent (bm)) {
-      nbdkit_error ("%s: bitmap '%s' is disabled, so it cannot record "
-                    "writes; enable it with 'qemu-img bitmap --enable %s "
-                    "%s', or do not name it", path, name, path, name);
+      nbdkit_error ("%s: bitmap '%s' is not recording; make it record "
+                    "writes with 'qemu-img bitmap --enable %s %s', or do "
+                    "not name it", path, name, path, name);
       return -1;
     }
     if (bm == NULL) {
@@ -307,7 +307,7 @@ select_bitmaps (struct tracker *t, struct sidecar *sc, bool add)
   }
   t->warned_in_use = true;
   if (recording == 0 && !cfg->allow_no_bitmaps) {
-    nbdkit_error ("%s: no enabled bitmap to record writes into (bitmaps "
+    nbdkit_error ("%s: no recording bitmap to record writes into (bitmaps "
                   "in use cannot record); name one with dirtybitmap=NAME "
                   "(it is created if missing)", path);
     return -1;
@@ -680,14 +680,6 @@ tracker_recording_bits (const struct tracker *t)
 {
   return tracker_finest_bits (t->bitmaps, t->nr_bitmaps, 0,
                               t->cfg->granularity_bits);
-}
-
-void
-tracker_set_recording (struct tracker_bitmap *b, bool recording)
-{
-  b->recording = recording;
-  if (b->stored)
-    sidecar_bitmap_set_recording (b->stored, recording);
 }
 
 int
