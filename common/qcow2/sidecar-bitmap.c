@@ -181,7 +181,7 @@ index_of (const struct sidecar *sc, const struct sidecar_bitmap *bm)
 }
 
 void
-sidecar_discard_bitmap (struct sidecar *sc, struct sidecar_bitmap *bm)
+sidecar_detach_bitmap (struct sidecar *sc, struct sidecar_bitmap *bm)
 {
   size_t i = index_of (sc, bm);
 
@@ -190,6 +190,13 @@ sidecar_discard_bitmap (struct sidecar *sc, struct sidecar_bitmap *bm)
   memmove (&sc->bitmaps[i], &sc->bitmaps[i + 1],
            (sc->nr_bitmaps - i - 1) * sizeof sc->bitmaps[0]);
   sc->nr_bitmaps--;
+}
+
+void
+sidecar_discard_bitmap (struct sidecar *sc, struct sidecar_bitmap *bm)
+{
+  if (index_of (sc, bm) < sc->nr_bitmaps)
+    sidecar_detach_bitmap (sc, bm);
   dirtymap_free (bm->data);
   free (bm->table);
   free (bm->all_ones);
@@ -200,11 +207,13 @@ void
 sidecar_restore_bitmap (struct sidecar *sc, struct sidecar_bitmap *bm,
                         size_t index)
 {
-  /* sidecar_remove_bitmap left the room it freed in both arrays. */
-  if (!bm->on_disk || sc->nr_removed == 0 ||
-      sc->removed[sc->nr_removed - 1] != bm || index > sc->nr_bitmaps)
+  /* Taking it out left the room it needs in both arrays. */
+  if (index > sc->nr_bitmaps ||
+      (bm->on_disk && (sc->nr_removed == 0 ||
+                       sc->removed[sc->nr_removed - 1] != bm)))
     abort ();
-  sc->nr_removed--;
+  if (bm->on_disk)
+    sc->nr_removed--;
   memmove (&sc->bitmaps[index + 1], &sc->bitmaps[index],
            (sc->nr_bitmaps - index) * sizeof sc->bitmaps[0]);
   sc->bitmaps[index] = bm;

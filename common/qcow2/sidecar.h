@@ -228,14 +228,16 @@ extern int sidecar_journal_write (struct sidecar *sc, uint64_t offset,
                                   const void *buf, size_t len);
 extern int sidecar_journal_sync (struct sidecar *sc);
 
-/* Undo sidecar_add_bitmap of BM (added this session, never
- * committed), freeing it; cannot fail.
+/* For transactions, none of which can fail.  Detach: take BM (added
+ * this session, never committed) out of the list, keeping it.
+ * Discard: free such a bitmap, detached or not (undoes
+ * sidecar_add_bitmap).  Restore: put back at INDEX the bitmap that the
+ * last sidecar_remove_bitmap or sidecar_detach_bitmap took out.
  */
+extern void sidecar_detach_bitmap (struct sidecar *sc,
+                                   struct sidecar_bitmap *bm);
 extern void sidecar_discard_bitmap (struct sidecar *sc,
                                     struct sidecar_bitmap *bm);
-/* Undo the last sidecar_remove_bitmap, of BM, which was at INDEX and
- * on disk; cannot fail.
- */
 extern void sidecar_restore_bitmap (struct sidecar *sc,
                                     struct sidecar_bitmap *bm, size_t index);
 

@@ -371,21 +371,23 @@ prepare_action (struct tracker *t, struct stage *st,
   return fail (error, "unknown action");
 }
 
-/* Highest position first, so that each bitmap's position in the
- * sidecar is still its position in the tracker's list.
+/* Persistent bitmaps first, the highest position first of them, so
+ * that as they are taken out of the sidecar in that order, each one's
+ * position there is still its position in the tracker's list.
  */
 static int
-later_first (const void *a, const void *b)
+unlink_order (const void *a, const void *b)
 {
   const struct tracker_bitmap *x = *(const struct tracker_bitmap *const *) a;
   const struct tracker_bitmap *y = *(const struct tracker_bitmap *const *) b;
 
+  if ((x->stored == NULL) != (y->stored == NULL))
+    return x->stored ? -1 : 1;
   return x < y ? 1 : x > y ? -1 : 0;
 }
 
-/* The sidecar's part of the preparation: persistent bitmaps removed,
- * then those added (so that a name may be reused).  Bitmaps never
- * committed are discarded at commit instead, as nothing can fail then.
+/* The sidecar's part of the preparation: persistent bitmaps taken
+ * out, then those added (so that a name may be reused).
  */
 static int
 prepare_sidecar (struct tracker *t, struct stage *st, char **error)
@@ -393,23 +395,17 @@ prepare_sidecar (struct tracker *t, struct stage *st, char **error)
   struct sidecar *sc = t->sidecar;
   size_t i;
 
-  /* Those on disk first, the last in the list first of them. */
-  qsort (st->gone, st->nr_gone, sizeof st->gone[0], later_first);
-  for (i = 0; i < st->nr_gone; ++i) {
-    struct tracker_bitmap *b = st->gone[i];
+  qsort (st->gone, st->nr_gone, sizeof st->gone[0], unlink_order);
+  for (i = 0; i < st->nr_gone && st->gone[i]->stored; ++i) {
+    struct sidecar_bitmap *bm = st->gone[i]->stored;
 
-    if (b->stored && !sidecar_bitmap_is_new (b->stored)) {
-      memmove (&st->gone[st->nr_unlinked + 1], &st->gone[st->nr_unlinked],
-               (i - st->nr_unlinked) * sizeof st->gone[0]);
-      st->gone[st->nr_unlinked++] = b;
-    }
-  }
-  for (i = 0; i < st->nr_unlinked; ++i)
-    if (sidecar_remove_bitmap (sc, st->gone[i]->stored) == -1) {
-      st->nr_unlinked = i;
+    if (sidecar_bitmap_is_new (bm))
+      sidecar_detach_bitmap (sc, bm);
+    else if (sidecar_remove_bitmap (sc, bm) == -1)
       return fail (error, "Bitmap '%s' could not be removed from %s (see "
                    "nbdkit's log)", st->gone[i]->name, sidecar_path (sc));
-    }
+    st->nr_unlinked++;
+  }
   for (i = 0; i < st->nr_persistent; ++i) {
     if (st->info[i].orig)
       continue;
@@ -464,7 +460,7 @@ commit_stage (struct tracker *t, struct stage *st)
     if (b->stored == NULL)
       dirtymap_free (b->data);
     else if (sidecar_bitmap_is_new (b->stored))
-      sidecar_discard_bitmap (t->sidecar, b->stored);
+      sidecar_discard_bitmap (t->sidecar, b->stored);   /* detached */
     free (b->name);
   }
   free (t->bitmaps);

@@ -191,6 +191,63 @@ test_limit (struct tracker *t)
   free (bytes_before);
 }
 
+/* Names reused in one transaction: removed, then added again at the
+ * end of their list, the persistent one not recording and holding
+ * what was merged into it.
+ */
+static void
+test_reuse (struct tracker *t)
+{
+  static const char *const a_only[] = { "a" };
+  const struct tracker_action reuse[] = {
+    { .type = TRACKER_REMOVE, .name = "p1" },
+    { .type = TRACKER_ADD, .name = "p1", .persistent = true,
+      .disabled = true },
+    { .type = TRACKER_REMOVE, .name = "v" },
+    { .type = TRACKER_ADD, .name = "v", .persistent = false },
+    { .type = TRACKER_REMOVE, .name = "2" },
+    { .type = TRACKER_MERGE, .name = "p1", .sources = b_only,
+      .nr_sources = 1 },
+    { .type = TRACKER_MERGE, .name = "v", .sources = a_only,
+      .nr_sources = 1 },
+  };
+  struct tracker_bitmap_info *infos;
+  size_t n;
+  char *error = NULL;
+
+  CHECK (tracker_transaction (t, reuse, 7, &error) == 0);
+  CHECK (error == NULL);
+  query (t, &infos, &n);
+  CHECK_EQ_U64 (n, FULL + 1);
+  CHECK (strcmp (infos[2].name, "3") == 0);
+  CHECK (strcmp (infos[FULL - 1].name, "p1") == 0 && infos[FULL - 1].persistent
+         && !infos[FULL - 1].recording &&
+         infos[FULL - 1].dirty_bytes == 2 * 65536);
+  CHECK (strcmp (infos[FULL].name, "v") == 0 && !infos[FULL].persistent &&
+         infos[FULL].recording && infos[FULL].dirty_bytes == 0);
+  tracker_free_infos (infos, n);
+}
+
+/* What the transactions stored, as the sidecar reads it back. */
+static void
+check_stored (void)
+{
+  struct sidecar *sc = sidecar_open (path, 0);
+  struct sidecar_bitmap *p1;
+
+  CHECK (sc != NULL);
+  CHECK_EQ_U64 (sidecar_nr_bitmaps (sc), FULL);
+  CHECK (sidecar_find (sc, "2") == NULL && sidecar_find (sc, "v") == NULL);
+  p1 = sidecar_bitmap_at (sc, FULL - 1);
+  CHECK (strcmp (sidecar_bitmap_name (p1), "p1") == 0);
+  CHECK (!sidecar_bitmap_stored_recording (p1));
+  CHECK_EQ_U64 (dirtymap_count (sidecar_bitmap_data (p1)), 2);
+  CHECK (!sidecar_bitmap_stored_recording (sidecar_bitmap_at (sc, 1)));
+  CHECK_EQ_U64 (dirtymap_count (sidecar_bitmap_data (sidecar_bitmap_at (sc, 0))),
+                0);
+  sidecar_close (sc);
+}
+
 int
 main (void)
 {
@@ -215,9 +272,11 @@ main (void)
   CHECK (tracker_validate (t, DISK_SIZE) == 0);
   CHECK (tracker_start (t, DISK_SIZE) == 0);
   test_limit (t);
+  test_reuse (t);
   CHECK (tracker_stop (t) == 0);
   tracker_free (t);
   tracker_config_free (&cfg);
+  check_stored ();
   fprintf (stderr, "test-transaction: %d s\n", (int) (time (NULL) - start));
 
   unlink (path);
