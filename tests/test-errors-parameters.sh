@@ -109,17 +109,17 @@ refused "error: $missing does not exist and no bitmap is named: add dirtybitmap=
   dirtybitmap-file="$missing"
 unchanged
 
-refused "error: $only_disabled: no enabled bitmap to record writes into" \
+refused "error: $only_disabled: no recording bitmap to record writes into" \
   dirtybitmap-file="$only_disabled"
 grep -qF "name one with dirtybitmap=NAME" "$tmpdir/err$n" ||
   fail "case $n: the error does not tell to name a bitmap"
 unchanged
 
-refused "error: $mixed: bitmap 'off' is disabled, so it cannot record writes; enable it with 'qemu-img bitmap --enable $mixed off', or do not name it" \
+refused "error: $mixed: bitmap 'off' is not recording; make it record writes with 'qemu-img bitmap --enable $mixed off', or do not name it" \
   dirtybitmap-file="$mixed" dirtybitmap=off
 unchanged
 
-refused "error: $only_disabled: bitmap 'off' is disabled" \
+refused "error: $only_disabled: bitmap 'off' is not recording" \
   dirtybitmap-file="$only_disabled" dirtybitmap=new dirtybitmap=off
 unchanged
 

@@ -7,7 +7,7 @@
  * Each input is written to a private file and opened read-only with
  * sidecar_open.  When the loader accepts it, the file is opened again
  * for writing and taken through the filter's life cycle: every
- * consistent enabled (AUTO) bitmap is tracked, a few bits are set in
+ * consistent recording (AUTO) bitmap records, a few bits are set in
  * each, sometimes a new bitmap is added, then sidecar_begin_tracking
  * and sidecar_store; when that succeeds, a second session does it
  * again on the result, reusing the clusters the first one freed.  A
@@ -43,7 +43,7 @@
 #include <unistd.h>
 
 #include "dirtymap.h"
-#include "sidecar.h"
+#include "sidecar-internal.h"
 #include "unit-test.h"
 
 /* Inputs beyond this are ignored, whatever -max_len says, to keep
@@ -218,9 +218,9 @@ hash_input (const uint8_t *data, size_t size)
 struct expect {
   char *name;
   bool inconsistent;            /* IN_USE, data not loaded */
-  bool tracked;
+  bool recording;
   uint64_t count;               /* set bits in memory at the store */
-  uint64_t bits[4];             /* bits the fuzzer set, if tracked */
+  uint64_t bits[4];             /* bits the fuzzer set, if recording */
   size_t nr_bits;
 };
 
@@ -234,7 +234,7 @@ free_expect (struct expect *ex, size_t n)
   free (ex);
 }
 
-/* Set a few bits in a tracked bitmap: the first, the last, the middle
+/* Set a few bits in a recording bitmap: the first, the last, the middle
  * and a short run placed by the hash.
  */
 static void
@@ -275,7 +275,7 @@ verify (struct sidecar *sc, const struct expect *ex, size_t n, bool stored)
 
     if (bm == NULL)
       fail ("bitmap '%s' is gone after the store", ex[i].name);
-    if (ex[i].tracked) {
+    if (ex[i].recording) {
       if (bm->inconsistent || bm->data == NULL)
         fail ("bitmap '%s' was stored but is still in use", ex[i].name);
       if ((bm->entry.flags & QCOW2_BITMAP_FLAG_AUTO) == 0)
@@ -299,7 +299,7 @@ verify (struct sidecar *sc, const struct expect *ex, size_t n, bool stored)
 }
 
 /* A crash after tracking began with a journal: opening the file again
- * must rebuild every tracked bitmap, and storing must succeed.
+ * must rebuild every recording bitmap, and storing must succeed.
  */
 static void
 crash_and_recover (struct sidecar *sc, const struct expect *ex, size_t n)
@@ -315,10 +315,10 @@ crash_and_recover (struct sidecar *sc, const struct expect *ex, size_t n)
 
     if (bm == NULL)
       fail ("bitmap '%s' is gone after a crash", ex[i].name);
-    if (ex[i].tracked && (bm->inconsistent || !bm->recovered))
-      fail ("tracked bitmap '%s' was not recovered after a crash",
+    if (ex[i].recording && (bm->inconsistent || !bm->recovered))
+      fail ("recording bitmap '%s' was not recovered after a crash",
             ex[i].name);
-    bm->tracked = ex[i].tracked;
+    bm->recording = ex[i].recording;
   }
   if (sidecar_store (sc) == -1)
     fail ("storing recovered bitmaps failed");
@@ -368,23 +368,23 @@ one_session (uint64_t h, bool dirty, bool first)
     struct sidecar_bitmap *bm = sc->bitmaps[i];
 
     if (bm->on_disk)
-      bm->tracked = !bm->inconsistent
+      bm->recording = !bm->inconsistent
         && (bm->entry.flags & QCOW2_BITMAP_FLAG_AUTO);
     ex[i].name = strdup (bm->entry.name);
     if (ex[i].name == NULL)
       fail ("strdup");
     ex[i].inconsistent = bm->inconsistent;
-    ex[i].tracked = bm->tracked;
+    ex[i].recording = bm->recording;
     if (verbose)
       fprintf (stderr, "fuzz-sidecar: bitmap '%s': granularity 2^%u, %"
                PRIu64 " granules, %s, %s, %" PRIu64 " bits set\n",
                bm->entry.name, bm->entry.granularity_bits,
                sidecar_bitmap_granules (sc, bm),
                bm->on_disk ? "on disk" : "new",
-               bm->inconsistent ? "in use" : bm->tracked ? "tracked"
-                                                         : "not tracked",
+               bm->inconsistent ? "in use" : bm->recording ? "recording"
+                                                         : "not recording",
                bm->data ? dirtymap_count (bm->data) : 0);
-    if (bm->tracked)
+    if (bm->recording)
       set_some_bits (sc, bm, h * (i + 1) + i, &ex[i]);
     if (bm->data)
       ex[i].count = dirtymap_count (bm->data);

@@ -766,6 +766,17 @@ qcow2_bitmap_table_encode (const uint64_t *offsets, uint32_t n, uint8_t *buf)
   encode_offset_table (offsets, n, BME_OFFSET_MASK, buf);
 }
 
+bool
+qcow2_bitmap_data_set (uint8_t *data, uint64_t bit)
+{
+  uint8_t mask = 1 << (bit % 8);
+
+  if (data[bit / 8] & mask)
+    return false;
+  data[bit / 8] |= mask;
+  return true;
+}
+
 #define REFT_OFFSET_MASK UINT64_C(0xfffffffffffffe00)
 
 int

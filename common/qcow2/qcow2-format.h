@@ -276,6 +276,12 @@ extern int qcow2_bitmap_table_decode (const char *path, const char *name,
 extern void qcow2_bitmap_table_encode (const uint64_t *offsets, uint32_t n,
                                        uint8_t *buf);
 
+/* Set bit BIT of qcow2 bitmap data at DATA: bit i of the data is the
+ * bit of value 1 << (i % 8) in byte i / 8.  Returns true if it was
+ * clear.
+ */
+extern bool qcow2_bitmap_data_set (uint8_t *data, uint64_t bit);
+
 /* Refcount table entry INDEX of the table at TABLE. */
 extern int qcow2_reftable_entry_decode (const char *path, uint64_t index,
                                         const uint8_t *table,

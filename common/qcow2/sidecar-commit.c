@@ -243,7 +243,7 @@ struct commit {
   bool header_written;          /* the commit point may have passed */
 };
 
-/* Write each new or modified bitmap (and, at a store, each tracked
+/* Write each new or modified bitmap (and, at a store, each recording
  * one) into new clusters, and give every entry its flags.
  */
 static int
@@ -255,7 +255,7 @@ write_bitmaps (struct commit *c)
   for (i = 0; i < sc->nr_bitmaps; ++i) {
     struct sidecar_bitmap *bm = sc->bitmaps[i];
     bool store_data = bm->modified || !bm->on_disk ||
-      (c->mode == COMMIT_STORE && bm->tracked);
+      (c->mode == COMMIT_STORE && bm->recording);
 
     if (store_data || !bm->on_disk) {
       /* A reset bitmap's old table may have had any size. */
@@ -267,7 +267,7 @@ write_bitmaps (struct commit *c)
                                 &c->entries[i], &c->new_tables[i]) == -1)
         return -1;
     }
-    if (c->mode != COMMIT_STORE && bm->tracked)
+    if (c->mode != COMMIT_STORE && bm->recording)
       c->entries[i].flags |= QCOW2_BITMAP_FLAG_IN_USE;
     else if (store_data)
       c->entries[i].flags &= ~QCOW2_BITMAP_FLAG_IN_USE;
@@ -434,11 +434,11 @@ abort_commit (struct commit *c)
 }
 
 /* Copy-on-write update of the bitmaps, as QEMU stores them.  BEGIN
- * writes new bitmaps and modified ones, sets IN_USE on every tracked
+ * writes new bitmaps and modified ones, sets IN_USE on every recording
  * one and, with journal_bits set, writes the journal and its record.
  * LIVE does the same while tracking goes on, keeping the journal and
  * clearing IN_USE on the bitmaps it writes that no longer record.
- * STORE writes every tracked or modified bitmap's data, clears IN_USE
+ * STORE writes every recording or modified bitmap's data, clears IN_USE
  * and drops the journal.  Removed bitmaps are dropped.  Nothing
  * already on disk is overwritten before the header commit.
  */

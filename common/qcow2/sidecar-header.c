@@ -190,7 +190,7 @@ sidecar_write_header (struct sidecar *sc)
     nbdkit_error ("%s: the header extensions no longer fit in the first "
                   "cluster (%zu bytes needed)%s", sc->path, used,
                   sidecar_find_extension (sc, QCOW2_EXT_JOURNAL)
-                  ? "; the crash-safety record lists every tracked bitmap: "
+                  ? "; the crash-safety record lists every recording bitmap: "
                     "track fewer, or set dirtybitmap-crash-safe=false" : "");
     return -1;
   }

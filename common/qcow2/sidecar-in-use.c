@@ -51,7 +51,7 @@ sidecar_mark_in_use_in_place (struct sidecar *sc)
                                & ~QCOW2_AUTOCLEAR_BITMAPS) == -1)
     goto undo;
   for (i = 0; i < sc->nr_bitmaps; ++i)
-    if (sc->bitmaps[i]->tracked)
+    if (sc->bitmaps[i]->recording)
       sc->bitmaps[i]->entry.flags |= QCOW2_BITMAP_FLAG_IN_USE;
   if (write_directory_in_place (sc) == -1 ||
       sidecar_write_autoclear (sc, (autoclear & QCOW2_AUTOCLEAR_KNOWN)
@@ -66,7 +66,7 @@ sidecar_mark_in_use_in_place (struct sidecar *sc)
    * page cache holds the restored bytes.
    */
   for (i = 0; i < sc->nr_bitmaps; ++i)
-    if (sc->bitmaps[i]->tracked)
+    if (sc->bitmaps[i]->recording)
       sc->bitmaps[i]->entry.flags &= ~QCOW2_BITMAP_FLAG_IN_USE;
   write_directory_in_place (sc);
   sidecar_write_autoclear (sc, autoclear);

@@ -14,10 +14,60 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dirtymap.h"
 #include "qcow2-format.h"
+#include "refcount.h"
 #include "sidecar.h"
 
 #define DIV_ROUND_UP(a, b) (((a) + (b) - 1) / (b))
+
+struct sidecar_bitmap {
+  struct qcow2_bitmap_entry entry;  /* as it is, or will be, on disk */
+  bool inconsistent;          /* IN_USE when opened: data not trusted */
+  bool on_disk;               /* false for a bitmap added this session */
+  bool recording;             /* records writes, as the caller says;
+                                 mapped to QCOW2_BITMAP_FLAG_AUTO by
+                                 sidecar_bitmap_set_recording alone */
+  bool modified;              /* data differs from disk: written at the
+                                 next commit (recovered, or reset) */
+  bool recovered;             /* rebuilt from the journal at open */
+  uint64_t *table;            /* data cluster offsets, if loaded */
+  bool *all_ones;             /* table entries that read as all ones */
+  struct dirtymap *data;      /* NULL for an inconsistent bitmap */
+};
+
+struct sidecar {
+  char *path;
+  int fd;
+  bool writable;
+  uint64_t file_size;
+  uint64_t cluster_size;
+  struct qcow2_header header;
+  uint8_t *header_raw;        /* header_length bytes, unknown fields kept */
+  struct qcow2_extension *exts;
+  size_t nr_exts;
+  uint8_t *backing_name;
+  size_t header_area;         /* bytes of cluster 0 in use on disk */
+  uint64_t dir_offset;
+  uint64_t dir_size;
+  struct sidecar_bitmap **bitmaps;
+  size_t nr_bitmaps;
+  unsigned journal_bits;      /* set by the caller before
+                                 sidecar_begin_tracking: granularity of
+                                 the journal, 0 for none */
+  struct sidecar_bitmap *journal;     /* this session's, once begun */
+  struct sidecar_bitmap *old_journal; /* found on disk: dropped at the
+                                         next commit */
+  const char *journal_distrust;       /* why a journal record found on
+                                         disk is not trusted, or NULL */
+  struct sidecar_bitmap **removed;    /* dropped at the next commit */
+  size_t nr_removed;
+  struct refcounts refcounts;
+  struct sidecar_allocation {   /* clusters allocated by the store */
+    uint64_t offset, clusters;  /* under way, to undo if it fails */
+  } *allocations;
+  size_t nr_allocations, allocations_size;
+};
 
 /* sidecar.c */
 extern void sidecar_bitmap_free (struct sidecar_bitmap *bm);

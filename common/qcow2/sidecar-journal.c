@@ -169,7 +169,7 @@ sidecar_set_journal_record (struct sidecar *sc,
     return -1;
   }
   for (i = 0; i < sc->nr_bitmaps; ++i)
-    if (sc->bitmaps[i]->tracked)
+    if (sc->bitmaps[i]->recording)
       rec.protected_tables[rec.nr_protected++] = entries[i].table_offset;
   data = malloc (qcow2_journal_ext_size (rec.nr_protected));
   if (data == NULL) {

@@ -16,10 +16,10 @@
  * directory, the tables and the data of every consistent bitmap
  * (sidecar-load.c), each cluster claimed by exactly one structure
  * before it is read (sidecar-claims.c).  The caller then says which
- * bitmaps record writes (tracked) and may add, reset or remove some;
- * sidecar_begin_tracking flags the tracked ones IN_USE on disk, flushed,
+ * bitmaps record writes (recording) and may add, reset or remove some;
+ * sidecar_begin_tracking flags the recording ones IN_USE on disk, flushed,
  * before any write reaches the plugin; sidecar_commit_live stores
- * changes while the export serves; sidecar_store writes every tracked
+ * changes while the export serves; sidecar_store writes every recording
  * bitmap's data and clears IN_USE at a clean stop.  Everything in the
  * file that we do not know is kept as it was.
  *
@@ -232,13 +232,12 @@ sidecar_add_bitmap (struct sidecar *sc, const char *name,
   sc->bitmaps = p;
   bm->entry.type = QCOW2_BITMAP_TYPE_DIRTY;
   bm->entry.granularity_bits = granularity_bits;
-  bm->entry.flags = QCOW2_BITMAP_FLAG_AUTO;
   bm->entry.name_size = strlen (name);
   memcpy (bm->entry.name, name, bm->entry.name_size + 1);
   bm->entry.table_size = qcow2_bitmap_table_size (sc->header.size,
                                                   granularity_bits,
                                                   sc->header.cluster_bits);
-  bm->tracked = true;
+  sidecar_bitmap_set_recording (bm, true);
   bm->data = dirtymap_new (sidecar_bitmap_granules (sc, bm));
   if (bm->data == NULL) {
     free (bm);
@@ -295,7 +294,7 @@ sidecar_begin_tracking (struct sidecar *sc)
     sidecar_find_extension (sc, QCOW2_EXT_JOURNAL) == NULL &&
     !any_modified (sc);
   for (i = 0; i < sc->nr_bitmaps; ++i) {
-    if (!sc->bitmaps[i]->tracked)
+    if (!sc->bitmaps[i]->recording)
       continue;
     any = true;
     if (!sc->bitmaps[i]->on_disk)
@@ -318,7 +317,7 @@ sidecar_store (struct sidecar *sc)
   size_t i;
 
   for (i = 0; i < sc->nr_bitmaps; ++i)
-    if (sc->bitmaps[i]->tracked)
+    if (sc->bitmaps[i]->recording)
       return sidecar_commit (sc, COMMIT_STORE);
   if (any_modified (sc) || sc->journal || sc->old_journal || sc->nr_removed)
     return sidecar_commit (sc, COMMIT_STORE);

@@ -7,8 +7,8 @@
  * difference.
  *
  * Life cycle: sidecar_open validates the whole file and loads every
- * consistent bitmap; the caller marks which bitmaps it tracks (and may
- * add new ones); sidecar_begin_tracking flags them IN_USE on disk;
+ * consistent bitmap; the caller says which bitmaps are recording (and
+ * may add new ones); sidecar_begin_tracking flags them IN_USE on disk;
  * sidecar_store writes their data and clears IN_USE.  Everything else
  * in the file is kept as it was.
  *
@@ -30,51 +30,12 @@
 #include "qcow2-format.h"
 #include "refcount.h"
 
-struct sidecar_bitmap {
-  struct qcow2_bitmap_entry entry;  /* as it is, or will be, on disk */
-  bool inconsistent;          /* IN_USE when opened: data not trusted */
-  bool on_disk;               /* false for a bitmap added this session */
-  bool tracked;               /* records writes: set by the caller */
-  bool modified;              /* data differs from disk: written at the
-                                 next commit (recovered, or reset) */
-  bool recovered;             /* rebuilt from the journal at open */
-  uint64_t *table;            /* data cluster offsets, if loaded */
-  bool *all_ones;             /* table entries that read as all ones */
-  struct dirtymap *data;      /* NULL for an inconsistent bitmap */
-};
+struct sidecar;
+struct sidecar_bitmap;
 
-struct sidecar {
-  char *path;
-  int fd;
-  bool writable;
-  uint64_t file_size;
-  uint64_t cluster_size;
-  struct qcow2_header header;
-  uint8_t *header_raw;        /* header_length bytes, unknown fields kept */
-  struct qcow2_extension *exts;
-  size_t nr_exts;
-  uint8_t *backing_name;
-  size_t header_area;         /* bytes of cluster 0 in use on disk */
-  uint64_t dir_offset;
-  uint64_t dir_size;
-  struct sidecar_bitmap **bitmaps;
-  size_t nr_bitmaps;
-  unsigned journal_bits;      /* set by the caller before
-                                 sidecar_begin_tracking: granularity of
-                                 the journal, 0 for none */
-  struct sidecar_bitmap *journal;     /* this session's, once begun */
-  struct sidecar_bitmap *old_journal; /* found on disk: dropped at the
-                                         next commit */
-  const char *journal_distrust;       /* why a journal record found on
-                                         disk is not trusted, or NULL */
-  struct sidecar_bitmap **removed;    /* dropped at the next commit */
-  size_t nr_removed;
-  struct refcounts refcounts;
-  struct sidecar_allocation {   /* clusters allocated by the store */
-    uint64_t offset, clusters;  /* under way, to undo if it fails */
-  } *allocations;
-  size_t nr_allocations, allocations_size;
-};
+/* Opaque: the fields are the sidecar's own (sidecar-internal.h);
+ * everyone else asks and tells through the functions below.
+ */
 
 /* Clusters of the sidecars we create: 64 KiB, as QEMU's default. */
 #define SIDECAR_NEW_CLUSTER_BITS 16
@@ -105,7 +66,7 @@ extern void sidecar_close (struct sidecar *sc);
 extern struct sidecar_bitmap *sidecar_find (struct sidecar *sc,
                                             const char *name);
 
-/* Add an enabled, tracked bitmap that is written at the next
+/* Add a recording bitmap that is written at the next
  * sidecar_begin_tracking; NULL after nbdkit_error (bad name, duplicate,
  * granularity beyond QEMU's limits).
  */
@@ -124,13 +85,13 @@ extern int sidecar_reset_bitmap (struct sidecar *sc,
 extern uint64_t sidecar_bitmap_granules (const struct sidecar *sc,
                                          const struct sidecar_bitmap *bm);
 
-/* Flag every tracked bitmap IN_USE on disk, flushed, before any write
+/* Flag every recording bitmap IN_USE on disk, flushed, before any write
  * is let through; new bitmaps are written with it, modified ones are
  * stored first, and the journal is created if journal_bits is set.
  */
 extern int sidecar_begin_tracking (struct sidecar *sc);
 
-/* Store every tracked or modified bitmap's data, clearing IN_USE and
+/* Store every recording or modified bitmap's data, clearing IN_USE and
  * dropping the journal.  New clusters are written and flushed, the
  * header is rewritten as the commit point, then the old clusters are
  * freed.  On failure the bitmaps stay IN_USE on disk (and protected).
@@ -138,8 +99,8 @@ extern int sidecar_begin_tracking (struct sidecar *sc);
 extern int sidecar_store (struct sidecar *sc);
 
 /* While tracking: write every new or modified bitmap and the flags as
- * they stand (IN_USE on the tracked ones only), drop removed bitmaps,
- * and keep the journal, its record naming the tracked bitmaps' new
+ * they stand (IN_USE on the recording ones only), drop removed bitmaps,
+ * and keep the journal, its record naming the recording bitmaps' new
  * tables.
  */
 extern int sidecar_commit_live (struct sidecar *sc);
@@ -149,5 +110,86 @@ extern int sidecar_commit_live (struct sidecar *sc);
  */
 extern int sidecar_remove_bitmap (struct sidecar *sc,
                                   struct sidecar_bitmap *bm);
+
+/* The rest is in sidecar-bitmap.c. */
+
+extern const char *sidecar_path (const struct sidecar *sc);
+extern uint64_t sidecar_virtual_size (const struct sidecar *sc);
+extern unsigned sidecar_cluster_bits (const struct sidecar *sc);
+
+/* The bitmaps, in the directory's order: index 0 to
+ * sidecar_nr_bitmaps - 1.
+ */
+extern size_t sidecar_nr_bitmaps (const struct sidecar *sc);
+extern struct sidecar_bitmap *sidecar_bitmap_at (const struct sidecar *sc,
+                                                 size_t i);
+
+/* Why a journal record found on disk is not trusted, or NULL. */
+extern const char *sidecar_distrust_reason (const struct sidecar *sc);
+
+extern const char *sidecar_bitmap_name (const struct sidecar_bitmap *bm);
+extern unsigned sidecar_bitmap_granularity_bits
+  (const struct sidecar_bitmap *bm);
+/* False for a bitmap left in use that could not be recovered: it has
+ * no data.
+ */
+extern bool sidecar_bitmap_is_consistent (const struct sidecar_bitmap *bm);
+/* Rebuilt from the journal at open. */
+extern bool sidecar_bitmap_was_recovered (const struct sidecar_bitmap *bm);
+/* Added this session and never committed. */
+extern bool sidecar_bitmap_is_new (const struct sidecar_bitmap *bm);
+
+/* A bitmap is "recording" when it records writes.  Stored recording:
+ * what the file says (qcow2's AUTO flag).  Recording: what this
+ * session does, false until sidecar_bitmap_resume_recording or
+ * sidecar_bitmap_set_recording says otherwise.
+ */
+extern bool sidecar_bitmap_stored_recording (const struct sidecar_bitmap *bm);
+extern bool sidecar_bitmap_is_recording (const struct sidecar_bitmap *bm);
+/* Record writes if the file says so, changing nothing on disk;
+ * returns whether it records.
+ */
+extern bool sidecar_bitmap_resume_recording (struct sidecar_bitmap *bm);
+/* Record writes or not from now on; the next commit stores it so. */
+extern void sidecar_bitmap_set_recording (struct sidecar_bitmap *bm,
+                                          bool recording);
+
+/* Its data: one bit per granule, NULL if it is not consistent. */
+extern struct dirtymap *sidecar_bitmap_data (const struct sidecar_bitmap *bm);
+/* Replace its data with DATA (of as many bits), freeing the old; the
+ * next commit stores it.
+ */
+extern void sidecar_bitmap_set_data (struct sidecar_bitmap *bm,
+                                     struct dirtymap *data);
+/* Its data changed in place: the next commit stores it. */
+extern void sidecar_bitmap_mark_changed (struct sidecar_bitmap *bm);
+
+/* Granularity of the journal that sidecar_begin_tracking creates, 0
+ * for none (the default).
+ */
+extern void sidecar_set_journal_granularity (struct sidecar *sc,
+                                             unsigned bits);
+/* Whether this session's journal exists (after sidecar_begin_tracking). */
+extern bool sidecar_has_journal (const struct sidecar *sc);
+/* Write LEN bytes of the journal's bitmap data from byte OFFSET, in
+ * place; the range must lie within one cluster.  Then sync, to make
+ * what was written durable.  -1 after nbdkit_error.
+ */
+extern int sidecar_journal_write (struct sidecar *sc, uint64_t offset,
+                                  const void *buf, size_t len);
+extern int sidecar_journal_sync (struct sidecar *sc);
+
+/* For transactions, none of which can fail.  Detach: take BM (added
+ * this session, never committed) out of the list, keeping it.
+ * Discard: free such a bitmap, detached or not (undoes
+ * sidecar_add_bitmap).  Restore: put back at INDEX the bitmap that the
+ * last sidecar_remove_bitmap or sidecar_detach_bitmap took out.
+ */
+extern void sidecar_detach_bitmap (struct sidecar *sc,
+                                   struct sidecar_bitmap *bm);
+extern void sidecar_discard_bitmap (struct sidecar *sc,
+                                    struct sidecar_bitmap *bm);
+extern void sidecar_restore_bitmap (struct sidecar *sc,
+                                    struct sidecar_bitmap *bm, size_t index);
 
 #endif /* DIRTYBITMAP_SIDECAR_H */

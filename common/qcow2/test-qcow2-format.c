@@ -17,6 +17,7 @@
 #include <zlib.h>
 
 #include "byte-order.h"
+#include "dirtymap.h"
 #include "qcow2-format.h"
 #include "unit-test.h"
 
@@ -1625,6 +1626,29 @@ test_journal_ext (void)
   }
 }
 
+/* Bit i of bitmap data is 1 << (i % 8) of byte i / 8, the order the
+ * dirty map exports.
+ */
+static void
+test_bitmap_data_bits (void)
+{
+  static const uint64_t bits[] = { 0, 7, 8, 13, 63, 64, 100, 255 };
+  uint8_t data[32] = { 0 }, exported[32];
+  struct dirtymap *map = dirtymap_new (256);
+  size_t i;
+
+  CHECK (map != NULL);
+  for (i = 0; i < sizeof bits / sizeof bits[0]; ++i) {
+    CHECK (qcow2_bitmap_data_set (data, bits[i]));
+    CHECK (!qcow2_bitmap_data_set (data, bits[i]));
+    CHECK (dirtymap_set_range (map, bits[i], 1) == 1);
+  }
+  CHECK (data[0] == 0x81 && data[1] == 0x21 && data[31] == 0x80);
+  CHECK (dirtymap_export (map, 0, exported, sizeof exported));
+  CHECK (memcmp (data, exported, sizeof data) == 0);
+  dirtymap_free (map);
+}
+
 int
 main (void)
 {
@@ -1643,5 +1667,6 @@ main (void)
   test_bitmap_names ();
   test_feature_combinations ();
   test_journal_ext ();
+  test_bitmap_data_bits ();
   return EXIT_SUCCESS;
 }

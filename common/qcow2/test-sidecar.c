@@ -20,7 +20,7 @@
 #include <zlib.h>
 
 #include "byte-order.h"
-#include "sidecar.h"
+#include "sidecar-internal.h"
 #include "unit-test.h"
 
 static char dir[] = "/tmp/test-sidecar-XXXXXX";
@@ -91,7 +91,7 @@ test_create_begin_store_reopen (void)
   CHECK_EQ_U64 (dirtymap_next_set (b2->data, 0), 12345);
 
   /* Track only b0 this time; the in-place IN_USE path is taken. */
-  bm->tracked = true;
+  bm->recording = true;
   CHECK (sidecar_begin_tracking (sc) == 0);
   CHECK (dirtymap_set_range (bm->data, 5, 1) == 1);
   CHECK (sidecar_store (sc) == 0);
@@ -114,7 +114,7 @@ test_in_use_left_behind (void)
   struct sidecar_bitmap *bm;
 
   CHECK (sc != NULL);
-  sidecar_find (sc, "b0")->tracked = true;
+  sidecar_find (sc, "b0")->recording = true;
   CHECK (sidecar_begin_tracking (sc) == 0);
   sidecar_close (sc);                 /* "crash": no store */
 
@@ -124,7 +124,7 @@ test_in_use_left_behind (void)
   CHECK (bm->inconsistent && bm->data == NULL);
   CHECK (!sidecar_find (sc, "fine")->inconsistent);
   /* Storing the others writes the inconsistent entry back unchanged. */
-  sidecar_find (sc, "fine")->tracked = true;
+  sidecar_find (sc, "fine")->recording = true;
   CHECK (sidecar_begin_tracking (sc) == 0);
   CHECK (sidecar_store (sc) == 0);
   sidecar_close (sc);
@@ -409,7 +409,7 @@ expect_journal_bits (struct dirtymap *expected, unsigned bbits,
 }
 
 /* The record on disk names this session's journal and exactly the
- * tracked bitmaps.
+ * recording bitmaps.
  */
 static void
 check_record (struct sidecar *sc, size_t nr, struct sidecar_bitmap **protected)
@@ -499,7 +499,7 @@ check_no_journal (struct sidecar *sc)
 
 /* Bitmaps of granularity 16 and 9 protected by a 1 MiB journal (one
  * journal bit covers 16, resp. 2048, of theirs), a bitmap created in
- * the session that crashed, one not tracked and one left in use
+ * the session that crashed, one not recording and one left in use
  * without protection; then a second crash in the session that follows
  * the recovery.
  */
@@ -545,7 +545,7 @@ test_crash_recovery (void)
   /* Session 1b: "stale" left in use by a crash without a journal. */
   sc = sidecar_open (path, SIDECAR_WRITABLE);
   CHECK (sc != NULL);
-  sidecar_find (sc, "stale")->tracked = true;
+  sidecar_find (sc, "stale")->recording = true;
   CHECK (sidecar_begin_tracking (sc) == 0);
   sidecar_close (sc);
 
@@ -558,7 +558,7 @@ test_crash_recovery (void)
   CHECK (sidecar_find (sc, "stale")->inconsistent);
   CHECK (!b16->recovered && !b16->modified);
   CHECK_SAME_BITS (b16->data, e16);
-  b16->tracked = b9->tracked = true;
+  b16->recording = b9->recording = true;
   nw = sidecar_add_bitmap (sc, "new", 16);
   CHECK (nw != NULL);
   sc->journal_bits = 20;
@@ -645,7 +645,7 @@ test_crash_recovery (void)
   b16 = sidecar_find (sc, "b16");
   b9 = sidecar_find (sc, "b9");
   nw = sidecar_find (sc, "new");
-  b16->tracked = nw->tracked = true;
+  b16->recording = nw->recording = true;
   sc->journal_bits = 20;
   CHECK (sidecar_begin_tracking (sc) == 0);
   CHECK (sc->old_journal == NULL);
@@ -674,7 +674,7 @@ test_crash_recovery (void)
   check_refcounts_exact (sc);
   sidecar_close (sc);
 
-  /* Session 5: nothing tracked; the store writes the rebuilt bitmaps
+  /* Session 5: nothing recording; the store writes the rebuilt bitmaps
    * and drops the journal.
    */
   sc = sidecar_open (path, SIDECAR_WRITABLE);
@@ -809,7 +809,7 @@ crashed_sidecar (void)
 
   sc = sidecar_open (path, SIDECAR_WRITABLE);
   CHECK (sc != NULL);
-  sidecar_find (sc, "b16")->tracked = true;
+  sidecar_find (sc, "b16")->recording = true;
   sc->journal_bits = 20;
   CHECK (sidecar_begin_tracking (sc) == 0);
   journal_write_bits (sc, 3, 1);
@@ -994,7 +994,7 @@ test_reset_in_use (void)
   sidecar_close (sc);
   qemu_img_check ();
 
-  /* Reset and tracked with a journal: stored all dirty at the begin,
+  /* Reset and recording with a journal: stored all dirty at the begin,
    * so a crash then rebuilds it all dirty.
    */
   crashed_sidecar ();
@@ -1003,7 +1003,7 @@ test_reset_in_use (void)
   CHECK (sc != NULL);
   bm = sidecar_find (sc, "b16");
   CHECK (sidecar_reset_bitmap (sc, bm) == 0);
-  bm->tracked = true;
+  bm->recording = true;
   sc->journal_bits = 20;
   CHECK (sidecar_begin_tracking (sc) == 0);
   CHECK (bm->entry.flags & QCOW2_BITMAP_FLAG_IN_USE);

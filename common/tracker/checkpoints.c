@@ -61,90 +61,163 @@ bring_up_to_date (struct tracker *t, char **error)
   return 0;
 }
 
-/* What a transaction sees of a bitmap, before and while it applies:
- * actions are checked one after the other against this model, so that
- * nothing is applied unless all of them can be.
+/* A transaction, as QEMU's blockdev.c runs one: each action is
+ * prepared in turn against the bitmaps as the earlier actions leave
+ * them (the stage), doing everything that can fail; then either every
+ * action is committed, which cannot fail, or every one is aborted,
+ * which leaves the bitmaps and the sidecar as they were.
+ *
+ * The stage is the new list of bitmaps: persistent ones first, as in
+ * the tracker's list.  A dry run (no data) comes first, to learn the
+ * finest granularity recording afterwards; writes so far are folded
+ * in at the transaction's instant; then the real preparation builds
+ * the new data (cleared and merged maps) from the folded bitmaps.
  */
-struct model {
-  const char *name;
-  bool exists, persistent, enabled, inconsistent;
-  unsigned granularity_bits;
+struct staged {
+  struct tracker_bitmap *orig;  /* in the tracker's list; NULL if added */
+  bool persistent, inconsistent;
+  bool owns_data;               /* the stage's data is new */
+  bool changed;                 /* persistent: store its data anew */
+  bool set_recording;           /* persistent: store its recording flag */
 };
 
-struct models {
-  struct model *m;
-  size_t n, size;
+struct stage {
+  bool prepare;                 /* false: a dry run, no data */
+  struct tracker_bitmap *b;     /* the new list */
+  struct staged *info;          /* b's companions */
+  size_t n, size, nr_persistent;
+  struct tracker_bitmap **gone; /* removed from the tracker's list */
+  size_t nr_gone;
+  size_t nr_unlinked;           /* gone[] taken out of the sidecar */
+  bool persistent_changed;
 };
 
-static struct model *
-find_model (struct models *ms, const char *name)
+static ssize_t
+find_staged (const struct stage *st, const char *name)
 {
   size_t i;
 
-  for (i = 0; i < ms->n; ++i)
-    if (ms->m[i].exists && strcmp (ms->m[i].name, name) == 0)
-      return &ms->m[i];
-  return NULL;
-}
-
-static struct model *
-add_model (struct models *ms)
-{
-  if (ms->n == ms->size) {
-    size_t size = ms->size ? 2 * ms->size : 16;
-    struct model *m = realloc (ms->m, size * sizeof *m);
-    if (m == NULL)
-      return NULL;
-    ms->m = m;
-    ms->size = size;
-  }
-  memset (&ms->m[ms->n], 0, sizeof ms->m[0]);
-  return &ms->m[ms->n++];
+  for (i = 0; i < st->n; ++i)
+    if (strcmp (st->b[i].name, name) == 0)
+      return i;
+  return -1;
 }
 
 static int
-build_models (struct tracker *t, struct models *ms, char **error)
+stage_init (struct tracker *t, struct stage *st, bool prepare, char **error)
 {
-  struct sidecar *sc = t->sidecar;
   size_t i;
 
-  for (i = 0; i < sc->nr_bitmaps + t->nr_volatiles; ++i) {
-    struct model *m = add_model (ms);
-
-    if (m == NULL)
-      return fail (error, "out of memory");
-    m->exists = true;
-    if (i < sc->nr_bitmaps) {
-      const struct sidecar_bitmap *bm = sc->bitmaps[i];
-      m->name = bm->entry.name;
-      m->persistent = true;
-      m->enabled = bm->tracked;
-      m->inconsistent = bm->inconsistent;
-      m->granularity_bits = bm->entry.granularity_bits;
-    }
-    else {
-      const struct volatile_bitmap *vb = &t->volatiles[i - sc->nr_bitmaps];
-      m->name = vb->name;
-      m->enabled = vb->enabled;
-      m->granularity_bits = vb->granularity_bits;
-    }
+  memset (st, 0, sizeof *st);
+  st->prepare = prepare;
+  st->size = t->nr_bitmaps + 16;
+  st->b = calloc (st->size, sizeof *st->b);
+  st->info = calloc (st->size, sizeof *st->info);
+  st->gone = calloc (t->nr_bitmaps + 1, sizeof *st->gone);
+  if (!st->b || !st->info || !st->gone)
+    return fail (error, "out of memory");
+  for (i = 0; i < t->nr_bitmaps; ++i) {
+    st->b[i] = t->bitmaps[i];
+    st->info[i].orig = &t->bitmaps[i];
+    st->info[i].persistent = t->bitmaps[i].stored != NULL;
+    st->info[i].inconsistent = t->bitmaps[i].stored &&
+      !sidecar_bitmap_is_consistent (t->bitmaps[i].stored);
+    st->nr_persistent += st->info[i].persistent;
   }
+  st->n = t->nr_bitmaps;
   return 0;
 }
 
-static struct model *
-usable (struct models *ms, const char *name, char **error)
+/* Free what the stage made and the tracker's list does not hold. */
+static void
+stage_free (struct stage *st)
 {
-  struct model *m = find_model (ms, name);
+  size_t i;
 
-  if (m == NULL)
+  for (i = 0; i < st->n; ++i) {
+    if (st->info[i].orig == NULL)
+      free (st->b[i].name);
+    if (st->info[i].owns_data)
+      dirtymap_free (st->b[i].data);
+  }
+  free (st->b);
+  free (st->info);
+  free (st->gone);
+}
+
+/* Room for a new bitmap at AT (persistent ones go after the others
+ * persistent), returned cleared.
+ */
+static ssize_t
+stage_insert (struct stage *st, bool persistent)
+{
+  size_t at = persistent ? st->nr_persistent : st->n;
+
+  if (st->n == st->size) {
+    size_t size = 2 * st->size;
+    struct tracker_bitmap *b = realloc (st->b, size * sizeof *b);
+    struct staged *info;
+
+    if (b == NULL)
+      return -1;
+    st->b = b;
+    info = realloc (st->info, size * sizeof *info);
+    if (info == NULL)
+      return -1;
+    st->info = info;
+    st->size = size;
+  }
+  memmove (&st->b[at + 1], &st->b[at], (st->n - at) * sizeof st->b[0]);
+  memmove (&st->info[at + 1], &st->info[at],
+           (st->n - at) * sizeof st->info[0]);
+  memset (&st->b[at], 0, sizeof st->b[0]);
+  memset (&st->info[at], 0, sizeof st->info[0]);
+  st->n++;
+  st->nr_persistent += persistent;
+  st->info[at].persistent = persistent;
+  return at;
+}
+
+static void
+stage_remove (struct stage *st, size_t i)
+{
+  if (st->info[i].orig)
+    st->gone[st->nr_gone++] = st->info[i].orig;
+  else
+    free (st->b[i].name);
+  if (st->info[i].owns_data)
+    dirtymap_free (st->b[i].data);
+  st->nr_persistent -= st->info[i].persistent;
+  memmove (&st->b[i], &st->b[i + 1], (st->n - i - 1) * sizeof st->b[0]);
+  memmove (&st->info[i], &st->info[i + 1],
+           (st->n - i - 1) * sizeof st->info[0]);
+  st->n--;
+}
+
+/* Give staged bitmap I the new data MAP. */
+static void
+stage_set_data (struct stage *st, size_t i, struct dirtymap *map)
+{
+  if (st->info[i].owns_data)
+    dirtymap_free (st->b[i].data);
+  st->b[i].data = map;
+  st->info[i].owns_data = true;
+  st->info[i].changed = st->info[i].persistent;
+}
+
+static ssize_t
+usable (const struct stage *st, const char *name, char **error)
+{
+  ssize_t i = find_staged (st, name);
+
+  if (i == -1)
     fail (error, "no bitmap named '%s'", name);
-  else if (m->inconsistent) {
+  else if (st->info[i].inconsistent) {
     fail (error, "Bitmap '%s' is inconsistent (left in use by a crash it "
           "could not be recovered from): it can only be removed", name);
-    m = NULL;
+    i = -1;
   }
-  return m;
+  return i;
 }
 
 static int
@@ -165,226 +238,236 @@ granularity_of (struct tracker *t, const struct tracker_action *a,
   return 0;
 }
 
-/* Check one action against the model and update the model. */
 static int
-check_action (struct tracker *t, struct models *ms,
-              const struct tracker_action *a, char **error)
+prepare_add (struct tracker *t, struct stage *st,
+             const struct tracker_action *a, char **error)
 {
   struct sidecar *sc = t->sidecar;
-  struct model *m;
-  size_t i, len;
+  size_t len = strlen (a->name);
+  unsigned bits = 0;
+  ssize_t i;
 
+  if (len == 0 || len > QCOW2_BITMAP_MAX_NAME_SIZE)
+    return fail (error, "Bitmap name must be 1 to %d bytes long, not %zu",
+                 QCOW2_BITMAP_MAX_NAME_SIZE, len);
+  if (strcmp (a->name, QCOW2_JOURNAL_NAME) == 0)
+    return fail (error, "Bitmap name '%s' is reserved for the filter's "
+                 "crash-safety journal", a->name);
+  if (find_staged (st, a->name) != -1)
+    return fail (error, "a bitmap named '%s' already exists", a->name);
+  if (granularity_of (t, a, &bits, error) == -1)
+    return -1;
+  if (qcow2_bitmap_fitting_granularity (sidecar_virtual_size (sc), bits,
+                                        sidecar_cluster_bits (sc)) != bits)
+    return fail (error, "Granularity %" PRIu64 " is too fine for a disk "
+                 "of %" PRIu64 " bytes (more than QEMU's 512 MiB of "
+                 "bitmap data)", UINT64_C(1) << bits,
+                 sidecar_virtual_size (sc));
+  if (a->persistent && st->nr_persistent >= QCOW2_BITMAP_MAX_COUNT)
+    return fail (error, "Bitmap '%s' cannot be added: %s would hold more "
+                 "than %d persistent bitmaps, QEMU's limit; remove some "
+                 "first", a->name, sidecar_path (sc),
+                 QCOW2_BITMAP_MAX_COUNT);
+  i = stage_insert (st, a->persistent);
+  if (i == -1)
+    return fail (error, "out of memory");
+  st->b[i].name = strdup (a->name);
+  st->b[i].granularity_bits = bits;
+  st->b[i].recording = !a->disabled;
+  if (st->b[i].name == NULL)
+    return fail (error, "out of memory");
+  if (st->prepare) {
+    st->b[i].data = dirtymap_new (qcow2_blocks_covering (t->export_size,
+                                                         bits));
+    if (st->b[i].data == NULL)
+      return fail (error, "out of memory");
+    st->info[i].owns_data = true;
+  }
+  st->persistent_changed |= a->persistent;
+  return 0;
+}
+
+static int
+prepare_merge (struct stage *st, const struct tracker_action *a,
+               char **error)
+{
+  ssize_t dst = usable (st, a->name, error), src;
+  struct dirtymap *map = NULL;
+  unsigned bits;
+  size_t i;
+
+  if (dst == -1)
+    return -1;
+  bits = st->b[dst].granularity_bits;
+  if (st->prepare) {
+    map = dirtymap_new (dirtymap_nr_bits (st->b[dst].data));
+    if (map == NULL ||
+        dirtymap_merge_rescaled (map, bits, st->b[dst].data, bits) == -1)
+      goto nomem;
+  }
+  for (i = 0; i < a->nr_sources; ++i) {
+    src = usable (st, a->sources[i], error);
+    if (src == -1) {
+      dirtymap_free (map);
+      return -1;
+    }
+    if (map && dirtymap_merge_rescaled (map, bits, st->b[src].data,
+                                        st->b[src].granularity_bits) == -1)
+      goto nomem;
+  }
+  /* Merging nothing changes nothing. */
+  if (map && a->nr_sources > 0)
+    stage_set_data (st, dst, map);
+  else
+    dirtymap_free (map);
+  return 0;
+
+ nomem:
+  dirtymap_free (map);
+  return fail (error, "out of memory");
+}
+
+/* Check one action against the stage and stage its effect. */
+static int
+prepare_action (struct tracker *t, struct stage *st,
+                const struct tracker_action *a, char **error)
+{
+  struct dirtymap *map;
+  ssize_t i;
+
+  if (a->type != TRACKER_ADD && (i = find_staged (st, a->name)) != -1)
+    st->persistent_changed |= st->info[i].persistent;
   switch (a->type) {
   case TRACKER_ADD:
-    len = strlen (a->name);
-    if (len == 0 || len > QCOW2_BITMAP_MAX_NAME_SIZE)
-      return fail (error, "Bitmap name must be 1 to %d bytes long, not %zu",
-                   QCOW2_BITMAP_MAX_NAME_SIZE, len);
-    if (strcmp (a->name, QCOW2_JOURNAL_NAME) == 0)
-      return fail (error, "Bitmap name '%s' is reserved for the filter's "
-                   "crash-safety journal", a->name);
-    if (find_model (ms, a->name))
-      return fail (error, "a bitmap named '%s' already exists", a->name);
-    m = add_model (ms);
-    if (m == NULL)
-      return fail (error, "out of memory");
-    m->name = a->name;
-    m->exists = true;
-    m->persistent = a->persistent;
-    m->enabled = !a->disabled;
-    if (granularity_of (t, a, &m->granularity_bits, error) == -1)
-      return -1;
-    if (qcow2_bitmap_fitting_granularity (sc->header.size,
-                                          m->granularity_bits,
-                                          sc->header.cluster_bits)
-        != m->granularity_bits)
-      return fail (error, "Granularity %" PRIu64 " is too fine for a disk "
-                   "of %" PRIu64 " bytes (more than QEMU's 512 MiB of "
-                   "bitmap data)", UINT64_C(1) << m->granularity_bits,
-                   sc->header.size);
-    return 0;
+    return prepare_add (t, st, a, error);
   case TRACKER_REMOVE:
-    m = find_model (ms, a->name);
-    if (m == NULL)
+    i = find_staged (st, a->name);
+    if (i == -1)
       return fail (error, "no bitmap named '%s'", a->name);
-    m->exists = false;
+    stage_remove (st, i);
     return 0;
   case TRACKER_CLEAR:
-    return usable (ms, a->name, error) ? 0 : -1;
+    i = usable (st, a->name, error);
+    if (i == -1)
+      return -1;
+    if (st->prepare) {
+      map = dirtymap_new (dirtymap_nr_bits (st->b[i].data));
+      if (map == NULL)
+        return fail (error, "out of memory");
+      stage_set_data (st, i, map);
+    }
+    return 0;
   case TRACKER_ENABLE:
   case TRACKER_DISABLE:
-    m = usable (ms, a->name, error);
-    if (m == NULL)
+    i = usable (st, a->name, error);
+    if (i == -1)
       return -1;
-    m->enabled = a->type == TRACKER_ENABLE;
+    st->b[i].recording = a->type == TRACKER_ENABLE;
+    st->info[i].set_recording = st->info[i].persistent;
     return 0;
   case TRACKER_MERGE:
-    if (usable (ms, a->name, error) == NULL)
-      return -1;
-    for (i = 0; i < a->nr_sources; ++i)
-      if (usable (ms, a->sources[i], error) == NULL)
-        return -1;
-    return 0;
+    return prepare_merge (st, a, error);
   }
   return fail (error, "unknown action");
 }
 
-static unsigned
-finest_enabled (struct tracker *t, const struct models *ms)
-{
-  unsigned finest = QCOW2_BITMAP_MAX_GRAN_BITS + 1;
-  size_t i;
-
-  for (i = 0; i < ms->n; ++i)
-    if (ms->m[i].exists && ms->m[i].enabled &&
-        ms->m[i].granularity_bits < finest)
-      finest = ms->m[i].granularity_bits;
-  return finest <= QCOW2_BITMAP_MAX_GRAN_BITS ? finest
-                                              : t->cfg->granularity_bits;
-}
-
-/* A bitmap as the actions see it: persistent, or in memory. */
-struct handle {
-  struct sidecar_bitmap *bm;
-  struct volatile_bitmap *vb;
-};
-
-static struct handle
-find_bitmap (struct tracker *t, const char *name)
-{
-  struct handle h = { sidecar_find (t->sidecar, name), NULL };
-  size_t i;
-
-  for (i = 0; h.bm == NULL && i < t->nr_volatiles; ++i)
-    if (strcmp (t->volatiles[i].name, name) == 0)
-      h.vb = &t->volatiles[i];
-  return h;
-}
-
-static struct dirtymap **
-data_of (struct handle h)
-{
-  return h.bm ? &h.bm->data : &h.vb->data;
-}
-
-static unsigned
-bits_of (struct handle h)
-{
-  return h.bm ? h.bm->entry.granularity_bits : h.vb->granularity_bits;
-}
-
-static void
-set_enabled (struct handle h, bool enabled)
-{
-  if (h.vb) {
-    h.vb->enabled = enabled;
-    return;
-  }
-  h.bm->tracked = enabled;
-  if (enabled)
-    h.bm->entry.flags |= QCOW2_BITMAP_FLAG_AUTO;
-  else
-    h.bm->entry.flags &= ~QCOW2_BITMAP_FLAG_AUTO;
-  h.bm->modified = true;
-}
-
+/* Persistent bitmaps first, the highest position first of them, so
+ * that as they are taken out of the sidecar in that order, each one's
+ * position there is still its position in the tracker's list.
+ */
 static int
-add_volatile (struct tracker *t, const char *name, unsigned bits,
-              bool enabled)
+unlink_order (const void *a, const void *b)
 {
-  struct volatile_bitmap *v;
+  const struct tracker_bitmap *x = *(const struct tracker_bitmap *const *) a;
+  const struct tracker_bitmap *y = *(const struct tracker_bitmap *const *) b;
 
-  v = realloc (t->volatiles, (t->nr_volatiles + 1) * sizeof *v);
-  if (v == NULL)
-    return -1;
-  t->volatiles = v;
-  v = &t->volatiles[t->nr_volatiles];
-  v->name = strdup (name);
-  v->granularity_bits = bits;
-  v->enabled = enabled;
-  v->data = dirtymap_new (qcow2_blocks_covering (t->export_size, bits));
-  if (v->name == NULL || v->data == NULL) {
-    free (v->name);
-    dirtymap_free (v->data);
-    return -1;
+  if ((x->stored == NULL) != (y->stored == NULL))
+    return x->stored ? -1 : 1;
+  return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* The sidecar's part of the preparation: persistent bitmaps taken
+ * out, then those added (so that a name may be reused).
+ */
+static int
+prepare_sidecar (struct tracker *t, struct stage *st, char **error)
+{
+  struct sidecar *sc = t->sidecar;
+  size_t i;
+
+  qsort (st->gone, st->nr_gone, sizeof st->gone[0], unlink_order);
+  for (i = 0; i < st->nr_gone && st->gone[i]->stored; ++i) {
+    struct sidecar_bitmap *bm = st->gone[i]->stored;
+
+    if (sidecar_bitmap_is_new (bm))
+      sidecar_detach_bitmap (sc, bm);
+    else if (sidecar_remove_bitmap (sc, bm) == -1)
+      return fail (error, "Bitmap '%s' could not be removed from %s (see "
+                   "nbdkit's log)", st->gone[i]->name, sidecar_path (sc));
+    st->nr_unlinked++;
   }
-  t->nr_volatiles++;
+  for (i = 0; i < st->nr_persistent; ++i) {
+    if (st->info[i].orig)
+      continue;
+    st->b[i].stored = sidecar_add_bitmap (sc, st->b[i].name,
+                                          st->b[i].granularity_bits);
+    if (st->b[i].stored == NULL)
+      return fail (error, "Bitmap '%s' could not be added to %s (see "
+                   "nbdkit's log)", st->b[i].name, sidecar_path (sc));
+  }
   return 0;
 }
 
 static void
-remove_volatile (struct tracker *t, struct volatile_bitmap *vb)
+abort_sidecar (struct tracker *t, struct stage *st)
 {
-  size_t i = vb - t->volatiles;
-
-  free (vb->name);
-  dirtymap_free (vb->data);
-  memmove (&t->volatiles[i], &t->volatiles[i + 1],
-           (t->nr_volatiles - i - 1) * sizeof t->volatiles[0]);
-  t->nr_volatiles--;
-}
-
-static int
-merge_bitmaps (struct handle dst, struct handle src)
-{
-  if (dst.bm)
-    dst.bm->modified = true;
-  return dirtymap_merge_rescaled (*data_of (dst), bits_of (dst),
-                                  *data_of (src), bits_of (src));
-}
-
-/* Apply one checked action; fails only when memory runs out. */
-static int
-apply_action (struct tracker *t, const struct tracker_action *a,
-              bool *persistent_changed)
-{
-  struct handle h = find_bitmap (t, a->name);
-  unsigned bits;
   size_t i;
 
-  *persistent_changed |= h.bm != NULL;
-  switch (a->type) {
-  case TRACKER_ADD:
-    bits = a->granularity ? (unsigned) qcow2_granularity_bits (a->granularity)
-                          : t->cfg->granularity_bits;
-    if (!a->persistent)
-      return add_volatile (t, a->name, bits, !a->disabled);
-    *persistent_changed = true;
-    h.bm = sidecar_add_bitmap (t->sidecar, a->name, bits);
-    if (h.bm == NULL)
-      return -1;
-    if (a->disabled)
-      set_enabled (h, false);
-    return 0;
-  case TRACKER_REMOVE:
-    if (h.bm)
-      return sidecar_remove_bitmap (t->sidecar, h.bm);
-    remove_volatile (t, h.vb);
-    return 0;
-  case TRACKER_CLEAR: {
-    struct dirtymap *empty =
-      dirtymap_new (dirtymap_nr_bits (*data_of (h)));
-    if (empty == NULL)
-      return -1;
-    dirtymap_free (*data_of (h));
-    *data_of (h) = empty;
-    if (h.bm)
-      h.bm->modified = true;
-    return 0;
+  for (i = 0; i < st->nr_persistent; ++i)
+    if (st->info[i].orig == NULL && st->b[i].stored)
+      sidecar_discard_bitmap (t->sidecar, st->b[i].stored);
+  while (st->nr_unlinked > 0) {
+    struct tracker_bitmap *b = st->gone[--st->nr_unlinked];
+
+    sidecar_restore_bitmap (t->sidecar, b->stored, b - t->bitmaps);
   }
-  case TRACKER_ENABLE:
-  case TRACKER_DISABLE:
-    set_enabled (h, a->type == TRACKER_ENABLE);
-    return 0;
-  case TRACKER_MERGE:
-    for (i = 0; i < a->nr_sources; ++i) {
-      struct handle src = find_bitmap (t, a->sources[i]);
-      if (merge_bitmaps (h, src) == -1)
-        return -1;
-    }
-    return 0;
+}
+
+/* Make the stage the tracker's list; cannot fail. */
+static void
+commit_stage (struct tracker *t, struct stage *st)
+{
+  size_t i;
+
+  for (i = 0; i < st->n; ++i) {
+    struct tracker_bitmap *b = &st->b[i];
+    struct staged *in = &st->info[i];
+
+    if (in->owns_data && in->orig && b->stored == NULL)
+      dirtymap_free (in->orig->data);
+    if (in->owns_data && b->stored)
+      sidecar_bitmap_set_data (b->stored, b->data);
+    if (in->orig == NULL && b->stored && !b->recording)
+      in->set_recording = true;
+    if (in->set_recording)
+      sidecar_bitmap_set_recording (b->stored, b->recording);
+    if (in->changed)
+      sidecar_bitmap_mark_changed (b->stored);
   }
-  return -1;
+  for (i = 0; i < st->nr_gone; ++i) {
+    struct tracker_bitmap *b = st->gone[i];
+
+    if (b->stored == NULL)
+      dirtymap_free (b->data);
+    else if (sidecar_bitmap_is_new (b->stored))
+      sidecar_discard_bitmap (t->sidecar, b->stored);   /* detached */
+    free (b->name);
+  }
+  free (t->bitmaps);
+  t->bitmaps = st->b;
+  t->nr_bitmaps = st->n;
+  st->b = NULL;
+  st->n = 0;
 }
 
 static int
@@ -393,43 +476,66 @@ commit_live (struct tracker *t, char **error)
   if (sidecar_commit_live (t->sidecar) == -1)
     return fail (error, "the change is made in memory but could not be "
                  "stored in %s (see nbdkit's log); the next store retries",
-                 t->sidecar->path);
+                 sidecar_path (t->sidecar));
   return 0;
+}
+
+/* Stage every action; 0 or -1 with *ERROR set. */
+static int
+prepare_actions (struct tracker *t, struct stage *st, bool prepare,
+                 const struct tracker_action *actions, size_t nr_actions,
+                 char **error)
+{
+  size_t i;
+
+  if (stage_init (t, st, prepare, error) == -1)
+    return -1;
+  for (i = 0; i < nr_actions; ++i)
+    if (prepare_action (t, st, &actions[i], error) == -1)
+      return -1;
+  return prepare ? prepare_sidecar (t, st, error) : 0;
 }
 
 int
 tracker_transaction (struct tracker *t, const struct tracker_action *actions,
                      size_t nr_actions, char **error)
 {
-  struct models ms = { 0 };
-  bool persistent_changed = false;
-  size_t i;
+  struct stage st = { 0 };
+  unsigned before, after;
+  bool persistent_changed;
   int r = -1;
 
   pthread_mutex_lock (&t->lock);
-  if (ensure_started (t, error) == -1 || build_models (t, &ms, error) == -1)
+  if (ensure_started (t, error) == -1)
     goto out;
-  for (i = 0; i < nr_actions; ++i)
-    if (check_action (t, &ms, &actions[i], error) == -1)
-      goto out;
+  if (prepare_actions (t, &st, false, actions, nr_actions, error) == -1)
+    goto out;
+  after = tracker_finest_bits (st.b, st.n, 0, t->cfg->granularity_bits);
+  stage_free (&st);
+  memset (&st, 0, sizeof st);
   /* The instant of the transaction: writes before it go to the bitmaps
    * recording until now, writes after it to those recording from now
-   * on, at their finest granularity.
+   * on.  Until it commits or aborts, writes are recorded finely enough
+   * for either.
    */
-  if (tracker_fold_locked (t, finest_enabled (t, &ms)) == -1) {
+  before = tracker_recording_bits (t);
+  if (tracker_fold_locked (t, before < after ? before : after) == -1) {
     fail (error, "out of memory");
     goto out;
   }
-  for (i = 0; i < nr_actions; ++i)
-    if (apply_action (t, &actions[i], &persistent_changed) == -1) {
-      fail (error, "out of memory while applying the change (see nbdkit's "
-            "log)");
-      goto out;
-    }
+  if (prepare_actions (t, &st, true, actions, nr_actions, error) == -1) {
+    abort_sidecar (t, &st);
+    goto out;
+  }
+  persistent_changed = st.persistent_changed;
+  commit_stage (t, &st);
+  if (after > before && tracker_fold_locked (t, after) == -1)
+    nbdkit_debug ("dirtybitmap: out of memory: writes are recorded at a "
+                  "finer granularity than needed until the next change");
   r = persistent_changed ? commit_live (t, error) : 0;
 
  out:
-  free (ms.m);
+  stage_free (&st);
   pthread_mutex_unlock (&t->lock);
   return r;
 }
@@ -450,44 +556,33 @@ int
 tracker_query (struct tracker *t, struct tracker_bitmap_info **infos,
                size_t *nr_infos, char **error)
 {
-  struct sidecar *sc;
   struct tracker_bitmap_info *out = NULL;
-  size_t i, n = 0;
+  size_t n = 0;
   int r = -1;
 
   pthread_mutex_lock (&t->lock);
   if (bring_up_to_date (t, error) == -1)
     goto out;
-  sc = t->sidecar;
-  out = calloc (sc->nr_bitmaps + t->nr_volatiles + 1, sizeof *out);
+  out = calloc (t->nr_bitmaps + 1, sizeof *out);
   if (out == NULL) {
     fail (error, "out of memory");
     goto out;
   }
-  for (i = 0; i < sc->nr_bitmaps + t->nr_volatiles; ++i, ++n) {
+  for (n = 0; n < t->nr_bitmaps; ++n) {
+    const struct tracker_bitmap *b = &t->bitmaps[n];
     struct tracker_bitmap_info *info = &out[n];
-    struct handle h;
 
-    if (i < sc->nr_bitmaps) {
-      h.bm = sc->bitmaps[i];
-      h.vb = NULL;
-      info->persistent = true;
-      info->inconsistent = h.bm->inconsistent;
-      info->recording = h.bm->tracked;
-    }
-    else {
-      h.bm = NULL;
-      h.vb = &t->volatiles[i - sc->nr_bitmaps];
-      info->recording = h.vb->enabled;
-    }
-    info->name = strdup (h.bm ? h.bm->entry.name : h.vb->name);
+    info->persistent = b->stored != NULL;
+    info->inconsistent = b->data == NULL;
+    info->recording = b->recording;
+    info->name = strdup (b->name);
     if (info->name == NULL) {
       fail (error, "out of memory");
       goto out;
     }
-    info->granularity = UINT64_C(1) << bits_of (h);
-    if (!info->inconsistent)
-      info->dirty_bytes = dirty_bytes (*data_of (h), bits_of (h),
+    info->granularity = UINT64_C(1) << b->granularity_bits;
+    if (b->data)
+      info->dirty_bytes = dirty_bytes (b->data, b->granularity_bits,
                                        t->export_size);
   }
   *infos = out;
@@ -516,17 +611,15 @@ tracker_free_infos (struct tracker_bitmap_info *infos, size_t n)
 int
 tracker_store_now (struct tracker *t, char **error)
 {
-  struct sidecar *sc;
   size_t i;
   int r = -1;
 
   pthread_mutex_lock (&t->lock);
   if (bring_up_to_date (t, error) == -1)
     goto out;
-  sc = t->sidecar;
-  for (i = 0; i < sc->nr_bitmaps; ++i)
-    if (!sc->bitmaps[i]->inconsistent)
-      sc->bitmaps[i]->modified = true;
+  for (i = 0; i < t->nr_bitmaps; ++i)
+    if (t->bitmaps[i].stored && t->bitmaps[i].data)
+      sidecar_bitmap_mark_changed (t->bitmaps[i].stored);
   r = commit_live (t, error);
 
  out:
@@ -539,22 +632,24 @@ tracker_extents (struct tracker *t, const char *name, uint64_t offset,
                  uint64_t length, struct tracker_extent *extents, size_t max,
                  size_t *nr_extents, uint64_t *next, char **error)
 {
-  struct handle h;
+  const struct tracker_bitmap *b = NULL;
   const struct dirtymap *map;
   uint64_t end, g;
   unsigned bits;
-  size_t n = 0;
+  size_t i, n = 0;
   int r = -1;
 
   pthread_mutex_lock (&t->lock);
   if (bring_up_to_date (t, error) == -1)
     goto out;
-  h = find_bitmap (t, name);
-  if (h.bm == NULL && h.vb == NULL) {
+  for (i = 0; b == NULL && i < t->nr_bitmaps; ++i)
+    if (strcmp (t->bitmaps[i].name, name) == 0)
+      b = &t->bitmaps[i];
+  if (b == NULL) {
     fail (error, "no bitmap named '%s'", name);
     goto out;
   }
-  if (h.bm && h.bm->inconsistent) {
+  if (b->data == NULL) {
     fail (error, "Bitmap '%s' is inconsistent: its dirty ranges are not "
           "known", name);
     goto out;
@@ -564,8 +659,8 @@ tracker_extents (struct tracker *t, const char *name, uint64_t offset,
           PRIu64 " bytes)", offset, t->export_size);
     goto out;
   }
-  map = *data_of (h);
-  bits = bits_of (h);
+  map = b->data;
+  bits = b->granularity_bits;
   end = length > t->export_size - offset ? t->export_size : offset + length;
   *next = UINT64_MAX;
   for (g = offset >> bits; offset < end; ) {

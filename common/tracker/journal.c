@@ -13,21 +13,19 @@
 
 #include <nbdkit-filter.h>
 
-#include "checked-io.h"
 #include "dirtymap.h"
 #include "journal.h"
+#include "qcow2-format.h"
 
 /* The unit rewritten in place: one page, or one cluster if smaller. */
 #define JOURNAL_PAGE 4096
 
 struct journal {
-  int fd;
+  struct journal_store store;
   char *path;
   unsigned granularity_bits;
   uint64_t nr_bits;
-  uint64_t cluster_size;
-  uint64_t *clusters;
-  size_t page_size;
+  size_t page_size;             /* never crosses a cluster */
   size_t nr_pages;
   struct dirtymap *durable;     /* bits known to be on stable storage */
 
@@ -49,13 +47,12 @@ struct journal {
 };
 
 struct journal *
-journal_new (int fd, const char *path, unsigned granularity_bits,
-             uint64_t nr_bits, const uint64_t *clusters,
+journal_new (const struct journal_store *store, const char *path,
+             unsigned granularity_bits, uint64_t nr_bits,
              uint64_t cluster_size)
 {
   struct journal *j = calloc (1, sizeof *j);
   uint64_t bytes = (nr_bits + 7) / 8;
-  uint64_t nr_clusters = (bytes + cluster_size - 1) / cluster_size;
 
   if (j == NULL) {
     nbdkit_error ("calloc: %m");
@@ -63,27 +60,24 @@ journal_new (int fd, const char *path, unsigned granularity_bits,
   }
   pthread_mutex_init (&j->lock, NULL);
   pthread_cond_init (&j->committed, NULL);
-  j->fd = fd;
+  j->store = *store;
   j->granularity_bits = granularity_bits;
   j->nr_bits = nr_bits;
-  j->cluster_size = cluster_size;
   j->page_size = cluster_size < JOURNAL_PAGE ? cluster_size : JOURNAL_PAGE;
   j->nr_pages = (bytes + j->page_size - 1) / j->page_size;
   j->path = strdup (path);
-  j->clusters = calloc (nr_clusters, sizeof *j->clusters);
   j->image = calloc (j->nr_pages, j->page_size);
   j->out = malloc (j->nr_pages * j->page_size);
   j->page_queued = calloc (j->nr_pages, sizeof *j->page_queued);
   j->queue = calloc (j->nr_pages, sizeof *j->queue);
   j->out_pages = calloc (j->nr_pages, sizeof *j->out_pages);
   j->durable = dirtymap_new (nr_bits);
-  if (!j->path || !j->clusters || !j->image || !j->out || !j->page_queued ||
+  if (!j->path || !j->image || !j->out || !j->page_queued ||
       !j->queue || !j->out_pages || !j->durable) {
     nbdkit_error ("%s: allocating the journal: %m", path);
     journal_free (j);
     return NULL;
   }
-  memcpy (j->clusters, clusters, nr_clusters * sizeof *j->clusters);
   j->open_batch = 1;
   return j;
 }
@@ -99,7 +93,6 @@ journal_free (struct journal *j)
   free (j->page_queued);
   free (j->out);
   free (j->image);
-  free (j->clusters);
   free (j->path);
   pthread_cond_destroy (&j->committed);
   pthread_mutex_destroy (&j->lock);
@@ -115,12 +108,10 @@ set_bits_locked (struct journal *j, uint64_t first, uint64_t last)
   uint64_t bit;
 
   for (bit = first; bit <= last; ++bit) {
-    uint8_t mask = 1 << (bit % 8);
     size_t page = (bit / 8) / j->page_size;
 
-    if (j->image[bit / 8] & mask)
+    if (!qcow2_bitmap_data_set (j->image, bit))
       continue;
-    j->image[bit / 8] |= mask;
     if (!j->page_queued[page]) {
       j->page_queued[page] = true;
       j->queue[j->nr_queued++] = page;
@@ -136,16 +127,12 @@ write_pages (struct journal *j, size_t n)
 {
   size_t i;
 
-  for (i = 0; i < n; ++i) {
-    uint64_t byte = (uint64_t) j->out_pages[i] * j->page_size;
-    uint64_t offset = j->clusters[byte / j->cluster_size]
-      + byte % j->cluster_size;
-
-    if (write_fully (j->fd, j->path, "journal", &j->out[i * j->page_size],
-                     j->page_size, offset) == -1)
+  for (i = 0; i < n; ++i)
+    if (j->store.write (j->store.opaque,
+                        (uint64_t) j->out_pages[i] * j->page_size,
+                        &j->out[i * j->page_size], j->page_size) == -1)
       return -1;
-  }
-  return sync_data (j->fd, j->path, "journal");
+  return j->store.sync (j->store.opaque);
 }
 
 /* Lead one commit of everything queued.  Called with the lock held;

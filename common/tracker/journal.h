@@ -18,6 +18,7 @@
 #ifndef DIRTYBITMAP_JOURNAL_H
 #define DIRTYBITMAP_JOURNAL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct journal;
@@ -28,15 +29,27 @@ struct journal_stats {
   uint64_t waits;               /* requests that waited for a commit */
 };
 
-/* A journal of NR_BITS bits of 1 << GRANULARITY_BITS bytes each,
- * stored in the clusters at CLUSTERS (CLUSTER_SIZE bytes each, enough
- * for NR_BITS bits) of the file FD names PATH, all zero on disk.  NULL
- * after nbdkit_error.
+/* Where the marks go: the bitmap data of the sidecar's journal, in
+ * qcow2's bit order (sidecar_journal_write and sidecar_journal_sync).
+ * WRITE puts LEN bytes at byte OFFSET of the data, never across a
+ * cluster; SYNC makes what was written durable.  Both return -1 after
+ * nbdkit_error.
  */
-extern struct journal *journal_new (int fd, const char *path,
+struct journal_store {
+  int (*write) (void *opaque, uint64_t offset, const void *buf, size_t len);
+  int (*sync) (void *opaque);
+  void *opaque;
+};
+
+/* A journal of NR_BITS bits of 1 << GRANULARITY_BITS bytes each, kept
+ * in STORE, whose data is all zero and lies in clusters of
+ * CLUSTER_SIZE bytes; PATH names it in messages.  NULL after
+ * nbdkit_error.
+ */
+extern struct journal *journal_new (const struct journal_store *store,
+                                    const char *path,
                                     unsigned granularity_bits,
                                     uint64_t nr_bits,
-                                    const uint64_t *clusters,
                                     uint64_t cluster_size);
 extern void journal_free (struct journal *j);
 

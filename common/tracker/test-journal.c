@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "checked-io.h"
 #include "journal.h"
 #include "unit-test.h"
 
@@ -44,6 +45,27 @@ struct layout {
   int fd;
   struct journal *j;
 };
+
+/* The journal's store, as the sidecar maps the data to its clusters. */
+static int
+layout_write (void *opaque, uint64_t offset, const void *buf, size_t len)
+{
+  struct layout *l = opaque;
+
+  /* A write never crosses a cluster. */
+  CHECK (offset / l->cluster_size == (offset + len - 1) / l->cluster_size);
+  return write_fully (l->fd, path, "journal", buf, len,
+                      l->clusters[offset / l->cluster_size]
+                      + offset % l->cluster_size);
+}
+
+static int
+layout_sync (void *opaque)
+{
+  struct layout *l = opaque;
+
+  return sync_data (l->fd, path, "journal");
+}
 
 static void
 layout_init (struct layout *l, uint64_t cluster_size,
@@ -71,8 +93,8 @@ layout_init (struct layout *l, uint64_t cluster_size,
   CHECK (l->fd >= 0);
   CHECK (ftruncate (l->fd, file_clusters * cluster_size) == 0);
   clear_last_error ();
-  l->j = journal_new (l->fd, path, granularity_bits, nr_bits, l->clusters,
-                      cluster_size);
+  l->j = journal_new (&(struct journal_store) { layout_write, layout_sync, l },
+                      path, granularity_bits, nr_bits, cluster_size);
   CHECK (l->j != NULL);
 }
 

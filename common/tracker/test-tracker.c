@@ -69,6 +69,7 @@ test_mark_fold_store (void)
   struct tracker *t;
   struct sidecar *sc;
   struct sidecar_bitmap *coarse, *fine;
+  const struct dirtymap *cmap, *fmap;
 
   tracker_config_init (&cfg);
   CHECK (tracker_config_set_sidecar (&cfg, path) == 0);
@@ -106,7 +107,7 @@ test_mark_fold_store (void)
   /* QEMU sizes disks in whole sectors: the sidecar is rounded up. */
   sc = sidecar_open (path, false);
   CHECK (sc != NULL);
-  CHECK_EQ_U64 (sc->header.size, (size + 511) / 512 * 512);
+  CHECK_EQ_U64 (sidecar_virtual_size (sc), (size + 511) / 512 * 512);
   sidecar_close (sc);
   CHECK (tracker_validate (t, size) == 0);
   CHECK (tracker_claim_export (t, "") == 0);
@@ -124,11 +125,13 @@ test_mark_fold_store (void)
   coarse = sidecar_find (sc, "coarse");
   fine = sidecar_find (sc, "fine");
   CHECK (coarse && fine);
-  CHECK_EQ_U64 (dirtymap_count (coarse->data), 4);
-  CHECK (dirtymap_test (coarse->data, 0) && dirtymap_test (coarse->data, 1) &&
-         dirtymap_test (coarse->data, 5) && dirtymap_test (coarse->data, 10));
-  CHECK_EQ_U64 (dirtymap_count (fine->data), 2);
-  CHECK (dirtymap_test (fine->data, 640) && dirtymap_test (fine->data, 641));
+  cmap = sidecar_bitmap_data (coarse);
+  fmap = sidecar_bitmap_data (fine);
+  CHECK_EQ_U64 (dirtymap_count (cmap), 4);
+  CHECK (dirtymap_test (cmap, 0) && dirtymap_test (cmap, 1) &&
+         dirtymap_test (cmap, 5) && dirtymap_test (cmap, 10));
+  CHECK_EQ_U64 (dirtymap_count (fmap), 2);
+  CHECK (dirtymap_test (fmap, 640) && dirtymap_test (fmap, 641));
   sidecar_close (sc);
 }
 
@@ -141,9 +144,8 @@ test_disabled_named_is_refused (void)
 
   /* Disable "fine" by hand, as qemu-img bitmap --disable would. */
   CHECK (sc != NULL);
-  sidecar_find (sc, "fine")->entry.flags = 0;
-  sidecar_find (sc, "fine")->tracked = false;
-  sidecar_find (sc, "coarse")->tracked = true;
+  sidecar_bitmap_set_recording (sidecar_find (sc, "fine"), false);
+  sidecar_bitmap_set_recording (sidecar_find (sc, "coarse"), true);
   CHECK (sidecar_begin_tracking (sc) == 0);
   CHECK (sidecar_store (sc) == 0);
   sidecar_close (sc);

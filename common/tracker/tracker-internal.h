@@ -18,12 +18,17 @@
 #include "sidecar.h"
 #include "tracker.h"
 
-/* A bitmap added with persistent=false: in memory only. */
-struct volatile_bitmap {
+/* One bitmap of the tracker, persistent (kept in the sidecar) or in
+ * memory only.  The list holds the persistent ones first, in the
+ * sidecar's order, then the others in the order they were added.
+ */
+struct tracker_bitmap {
   char *name;
   unsigned granularity_bits;
-  bool enabled;
-  struct dirtymap *data;
+  bool recording;               /* records writes */
+  struct sidecar_bitmap *stored;  /* a persistent one's, else NULL */
+  struct dirtymap *data;        /* the sidecar's for a persistent one;
+                                   NULL if it is not consistent */
 };
 
 struct tracker {
@@ -40,17 +45,30 @@ struct tracker {
                                    from start-up until tracking starts */
   struct recorder *recorder;    /* writes since the last fold */
   struct journal *journal;      /* durable marks, with crash safety */
-  struct volatile_bitmap *volatiles;
-  size_t nr_volatiles;
+  struct tracker_bitmap *bitmaps;
+  size_t nr_bitmaps;
 };
 
 /* Start tracking with the lock held (tracker_start's work). */
 extern int tracker_start_locked (struct tracker *t, uint64_t export_size);
 
-/* The finest granularity among the recording bitmaps, or the default
- * when none records.
+/* The finest granularity (log2 of bytes) among the recording bitmaps
+ * of the list and ALSO (that of bitmaps about to be created, 0 for
+ * none), or OTHERWISE when there are none.
+ */
+extern unsigned tracker_finest_bits (const struct tracker_bitmap *bitmaps,
+                                     size_t n, unsigned also,
+                                     unsigned otherwise);
+
+/* The finest granularity of the tracker's recording bitmaps, or the
+ * default when none records.
  */
 extern unsigned tracker_recording_bits (const struct tracker *t);
+
+/* Free the names of a list, and the data of the bitmaps in memory
+ * only (the sidecar owns the others').
+ */
+extern void tracker_free_bitmaps (struct tracker_bitmap *bitmaps, size_t n);
 
 /* Fold what writes marked since the last fold into every recording
  * bitmap, and go on recording in granules of 1 << NEW_BITS bytes (the

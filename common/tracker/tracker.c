@@ -20,142 +20,6 @@
 #include "tracker.h"
 #include "tracker-internal.h"
 
-void
-tracker_config_init (struct tracker_config *cfg)
-{
-  memset (cfg, 0, sizeof *cfg);
-  cfg->granularity_bits = TRACKER_DEFAULT_GRANULARITY_BITS;
-  cfg->crash_safe = true;
-  cfg->in_use_policy = IN_USE_KEEP;
-}
-
-void
-tracker_config_free (struct tracker_config *cfg)
-{
-  size_t i;
-
-  free (cfg->sidecar_path);
-  for (i = 0; i < cfg->nr_names; ++i)
-    free (cfg->names[i]);
-  free (cfg->names);
-  tracker_config_init (cfg);
-}
-
-int
-tracker_config_set_sidecar (struct tracker_config *cfg, const char *path)
-{
-  if (cfg->sidecar_path) {
-    nbdkit_error ("dirtybitmap-file= given twice: one sidecar per export");
-    return -1;
-  }
-  if (*path == '\0') {
-    nbdkit_error ("dirtybitmap-file= is empty: give the path of the qcow2 "
-                  "sidecar");
-    return -1;
-  }
-  cfg->sidecar_path = strdup (path);
-  if (cfg->sidecar_path == NULL) {
-    nbdkit_error ("strdup: %m");
-    return -1;
-  }
-  return 0;
-}
-
-int
-tracker_config_add_name (struct tracker_config *cfg, const char *name)
-{
-  char **p;
-  size_t i;
-
-  if (qcow2_bitmap_name_check (name, "dirtybitmap=") == -1)
-    return -1;
-  if (strcmp (name, QCOW2_JOURNAL_NAME) == 0) {
-    nbdkit_error ("dirtybitmap=%s: that name is reserved for the filter's "
-                  "crash-safety journal; choose another", name);
-    return -1;
-  }
-  for (i = 0; i < cfg->nr_names; ++i) {
-    if (strcmp (cfg->names[i], name) == 0) {
-      nbdkit_error ("dirtybitmap=%s: bitmap named twice", name);
-      return -1;
-    }
-  }
-  p = realloc (cfg->names, (cfg->nr_names + 1) * sizeof *p);
-  if (p == NULL) {
-    nbdkit_error ("realloc: %m");
-    return -1;
-  }
-  cfg->names = p;
-  cfg->names[cfg->nr_names] = strdup (name);
-  if (cfg->names[cfg->nr_names] == NULL) {
-    nbdkit_error ("strdup: %m");
-    return -1;
-  }
-  cfg->nr_names++;
-  return 0;
-}
-
-static int
-granularity_bits (const char *key, int64_t granularity, const char *example,
-                  unsigned *bits)
-{
-  int b = qcow2_granularity_bits (granularity);
-
-  if (b == -1) {
-    nbdkit_error ("%s=%" PRIi64 ": must be a power of two from 512 to 2G "
-                  "(for example %s)", key, granularity, example);
-    return -1;
-  }
-  *bits = b;
-  return 0;
-}
-
-int
-tracker_config_set_granularity (struct tracker_config *cfg,
-                                int64_t granularity)
-{
-  return granularity_bits ("dirtybitmap-granularity", granularity, "64K",
-                           &cfg->granularity_bits);
-}
-
-int
-tracker_config_set_crash_granularity (struct tracker_config *cfg,
-                                      int64_t granularity)
-{
-  return granularity_bits ("dirtybitmap-crash-granularity", granularity,
-                           "1M", &cfg->crash_granularity_bits);
-}
-
-int
-tracker_config_set_in_use_policy (struct tracker_config *cfg,
-                                  const char *policy)
-{
-  if (strcmp (policy, "keep") == 0)
-    cfg->in_use_policy = IN_USE_KEEP;
-  else if (strcmp (policy, "refuse") == 0)
-    cfg->in_use_policy = IN_USE_REFUSE;
-  else if (strcmp (policy, "reset") == 0)
-    cfg->in_use_policy = IN_USE_RESET;
-  else {
-    nbdkit_error ("dirtybitmap-in-use=%s: must be keep (leave such bitmaps "
-                  "in use, as QEMU does), refuse (do not start) or reset "
-                  "(make them all dirty and track them)", policy);
-    return -1;
-  }
-  return 0;
-}
-
-int
-tracker_config_check (const struct tracker_config *cfg)
-{
-  if (cfg->sidecar_path == NULL) {
-    nbdkit_error ("dirtybitmap-file=SIDECAR.qcow2 is required: the qcow2 "
-                  "file that holds the bitmaps (created if missing)");
-    return -1;
-  }
-  return 0;
-}
-
 struct tracker *
 tracker_new (const struct tracker_config *cfg)
 {
@@ -179,11 +43,7 @@ tracker_free (struct tracker *t)
   sidecar_close (t->sidecar);
   sidecar_close (t->validated);
   recorder_free (t->recorder);
-  for (size_t i = 0; i < t->nr_volatiles; ++i) {
-    free (t->volatiles[i].name);
-    dirtymap_free (t->volatiles[i].data);
-  }
-  free (t->volatiles);
+  tracker_free_bitmaps (t->bitmaps, t->nr_bitmaps);
   free (t->exportname);
   pthread_mutex_destroy (&t->lock);
   free (t);
@@ -203,8 +63,9 @@ is_named (const struct tracker_config *cfg, const char *name)
 static const char *
 why_in_use (const struct sidecar *sc)
 {
-  return sc->journal_distrust ? sc->journal_distrust
-    : "it was not protected by this filter's journal";
+  const char *why = sidecar_distrust_reason (sc);
+
+  return why ? why : "it was not protected by this filter's journal";
 }
 
 /* A bitmap left in use that the journal cannot rebuild: apply the
@@ -215,8 +76,9 @@ in_use_bitmap (struct tracker *t, struct sidecar *sc,
                struct sidecar_bitmap *bm, bool add)
 {
   const struct tracker_config *cfg = t->cfg;
-  const char *name = bm->entry.name;
-  bool enabled = (bm->entry.flags & QCOW2_BITMAP_FLAG_AUTO) != 0;
+  const char *path = sidecar_path (sc);
+  const char *name = sidecar_bitmap_name (bm);
+  bool recording = sidecar_bitmap_stored_recording (bm);
 
   switch (cfg->in_use_policy) {
   case IN_USE_REFUSE:
@@ -225,32 +87,30 @@ in_use_bitmap (struct tracker *t, struct sidecar *sc,
                   "stops here.  Take a full backup, then remove it with "
                   "'qemu-img bitmap --remove %s %s', or start with "
                   "dirtybitmap-in-use=reset to make it all dirty and go on "
-                  "tracking", sc->path, name, why_in_use (sc), sc->path,
-                  name);
+                  "recording", path, name, why_in_use (sc), path, name);
     return -1;
   case IN_USE_RESET:
     if (!add)
-      return enabled;
+      return recording;
     if (sidecar_reset_bitmap (sc, bm) == -1)
       return -1;
     nbdkit_error ("warning: %s: bitmap '%s' was marked in use and could not "
                   "be recovered (%s): it is reset to all dirty%s, so the "
                   "next incremental backup from it copies the whole disk",
-                  sc->path, name, why_in_use (sc),
-                  enabled ? " and records writes again" : "");
-    bm->tracked = enabled;
-    return enabled;
+                  path, name, why_in_use (sc),
+                  recording ? " and records writes again" : "");
+    return sidecar_bitmap_resume_recording (bm);
   case IN_USE_KEEP:
     /* Not an error: QEMU keeps such bitmaps too, and the others can
-     * still be tracked.  Reported once, at the first look.
+     * still record.  Reported once, at the first look.
      */
     if (!t->warned_in_use)
       nbdkit_error ("warning: %s: bitmap '%s' is marked in use and cannot "
                     "be recovered (%s): it may miss writes, so it is neither "
-                    "loaded nor tracked and stays in use.  Remove it with "
+                    "loaded nor recording and stays in use.  Remove it with "
                     "'qemu-img bitmap --remove %s %s' and take a full "
                     "backup%s, or start with dirtybitmap-in-use=reset",
-                    sc->path, name, why_in_use (sc), sc->path, name,
+                    path, name, why_in_use (sc), path, name,
                     is_named (cfg, name)
                     ? ", then restart to create it afresh" : "");
     return 0;
@@ -260,64 +120,63 @@ in_use_bitmap (struct tracker *t, struct sidecar *sc,
 
 /* Decide which bitmaps record writes.  With ADD false nothing changes:
  * missing bitmaps are only checked against QEMU's limits.  Returns the
- * number tracked, or -1.
+ * number recording, or -1.
  */
 static int
 select_bitmaps (struct tracker *t, struct sidecar *sc, bool add)
 {
   const struct tracker_config *cfg = t->cfg;
-  int tracked = 0;
+  const char *path = sidecar_path (sc);
+  int recording = 0;
   size_t i;
 
   for (i = 0; i < cfg->nr_names; ++i) {
     const char *name = cfg->names[i];
     struct sidecar_bitmap *bm = sidecar_find (sc, name);
 
-    if (bm && !(bm->entry.flags & QCOW2_BITMAP_FLAG_AUTO) &&
-        !bm->inconsistent) {
-      nbdkit_error ("%s: bitmap '%s' is disabled, so it cannot record "
-                    "writes; enable it with 'qemu-img bitmap --enable %s "
-                    "%s', or do not name it", sc->path, name, sc->path,
-                    name);
+    if (bm && !sidecar_bitmap_stored_recording (bm) &&
+        sidecar_bitmap_is_consistent (bm)) {
+      nbdkit_error ("%s: bitmap '%s' is not recording; make it record "
+                    "writes with 'qemu-img bitmap --enable %s %s', or do "
+                    "not name it", path, name, path, name);
       return -1;
     }
     if (bm == NULL) {
       if (!add) {
-        if (qcow2_bitmap_size_check (sc->path, name, sc->header.size,
+        if (qcow2_bitmap_size_check (path, name, sidecar_virtual_size (sc),
                                      cfg->granularity_bits,
-                                     sc->header.cluster_bits) == -1)
+                                     sidecar_cluster_bits (sc)) == -1)
           return -1;
-        tracked++;
+        recording++;
       }
       else if (sidecar_add_bitmap (sc, name, cfg->granularity_bits) == NULL)
         return -1;
     }
   }
-  for (i = 0; i < sc->nr_bitmaps; ++i) {
-    struct sidecar_bitmap *bm = sc->bitmaps[i];
+  for (i = 0; i < sidecar_nr_bitmaps (sc); ++i) {
+    struct sidecar_bitmap *bm = sidecar_bitmap_at (sc, i);
 
-    if (bm->inconsistent) {
+    if (!sidecar_bitmap_is_consistent (bm)) {
       int r = in_use_bitmap (t, sc, bm, add);
       if (r == -1)
         return -1;
-      tracked += r;
+      recording += r;
       continue;
     }
-    if (bm->recovered && !t->warned_in_use)
+    if (sidecar_bitmap_was_recovered (bm) && !t->warned_in_use)
       nbdkit_debug ("dirtybitmap: %s: bitmap '%s' was left in use by a "
-                    "crash and is rebuilt from the journal", sc->path,
-                    bm->entry.name);
-    bm->tracked = (bm->entry.flags & QCOW2_BITMAP_FLAG_AUTO) != 0;
-    tracked += bm->tracked;
+                    "crash and is rebuilt from the journal", path,
+                    sidecar_bitmap_name (bm));
+    recording += sidecar_bitmap_resume_recording (bm);
   }
   t->warned_in_use = true;
-  if (tracked == 0 && !cfg->allow_no_bitmaps) {
-    nbdkit_error ("%s: no enabled bitmap to record writes into (bitmaps "
+  if (recording == 0 && !cfg->allow_no_bitmaps) {
+    nbdkit_error ("%s: no recording bitmap to record writes into (bitmaps "
                   "in use cannot record); name one with dirtybitmap=NAME "
-                  "(it is created if missing)", sc->path);
+                  "(it is created if missing)", path);
     return -1;
   }
-  return tracked;
+  return recording;
 }
 
 static int
@@ -342,7 +201,7 @@ open_flags (const struct tracker_config *cfg)
 }
 
 /* Granularity of the durable marks for a disk of VIRTUAL_SIZE bytes
- * whose finest tracked bitmap has granules of 1 << FINEST bytes;
+ * whose finest recording bitmap has granules of 1 << FINEST bytes;
  * 0 after nbdkit_error.
  */
 static unsigned
@@ -375,24 +234,82 @@ journal_bits (const struct tracker_config *cfg, const char *path,
   return bits;
 }
 
-static unsigned
-finest_granularity (const struct tracker_config *cfg, const struct sidecar *sc)
+unsigned
+tracker_finest_bits (const struct tracker_bitmap *bitmaps, size_t n,
+                     unsigned also, unsigned otherwise)
 {
-  unsigned finest = QCOW2_BITMAP_MAX_GRAN_BITS + 1;
+  unsigned finest = also ? also : QCOW2_BITMAP_MAX_GRAN_BITS + 1;
   size_t i;
 
-  if (sc == NULL)
-    return cfg->granularity_bits;
-  for (i = 0; i < sc->nr_bitmaps; ++i)
-    if (sc->bitmaps[i]->tracked &&
-        sc->bitmaps[i]->entry.granularity_bits < finest)
-      finest = sc->bitmaps[i]->entry.granularity_bits;
+  for (i = 0; i < n; ++i)
+    if (bitmaps[i].recording && bitmaps[i].granularity_bits < finest)
+      finest = bitmaps[i].granularity_bits;
+  return finest <= QCOW2_BITMAP_MAX_GRAN_BITS ? finest : otherwise;
+}
+
+void
+tracker_free_bitmaps (struct tracker_bitmap *bitmaps, size_t n)
+{
+  size_t i;
+
+  for (i = 0; i < n; ++i) {
+    free (bitmaps[i].name);
+    if (bitmaps[i].stored == NULL)
+      dirtymap_free (bitmaps[i].data);
+  }
+  free (bitmaps);
+}
+
+/* The sidecar's bitmaps, as the tracker lists them. */
+static int
+list_stored_bitmaps (struct sidecar *sc, struct tracker_bitmap **bitmaps,
+                     size_t *n)
+{
+  size_t i, nr = sidecar_nr_bitmaps (sc);
+  struct tracker_bitmap *list = calloc (nr + 1, sizeof *list);
+
+  if (list == NULL) {
+    nbdkit_error ("calloc: %m");
+    return -1;
+  }
+  for (i = 0; i < nr; ++i) {
+    struct sidecar_bitmap *bm = sidecar_bitmap_at (sc, i);
+
+    list[i].name = strdup (sidecar_bitmap_name (bm));
+    if (list[i].name == NULL) {
+      nbdkit_error ("strdup: %m");
+      tracker_free_bitmaps (list, i);
+      return -1;
+    }
+    list[i].granularity_bits = sidecar_bitmap_granularity_bits (bm);
+    list[i].recording = sidecar_bitmap_is_recording (bm);
+    list[i].stored = bm;
+    list[i].data = sidecar_bitmap_data (bm);
+  }
+  *bitmaps = list;
+  *n = nr;
+  return 0;
+}
+
+/* The finest granularity the bitmaps recording at start-up need,
+ * named ones not yet in the sidecar included.  0 after nbdkit_error.
+ */
+static unsigned
+startup_finest_bits (const struct tracker_config *cfg, struct sidecar *sc)
+{
+  struct tracker_bitmap *list;
+  unsigned missing = 0, finest;
+  size_t i, n;
+
   for (i = 0; i < cfg->nr_names; ++i)
-    if (sidecar_find ((struct sidecar *) sc, cfg->names[i]) == NULL &&
-        cfg->granularity_bits < finest)
-      finest = cfg->granularity_bits;
+    if (sidecar_find (sc, cfg->names[i]) == NULL)
+      missing = cfg->granularity_bits;
+  if (list_stored_bitmaps (sc, &list, &n) == -1)
+    return 0;
   /* None yet: bitmaps added later most likely take the default. */
-  return finest <= QCOW2_BITMAP_MAX_GRAN_BITS ? finest : cfg->granularity_bits;
+  finest = tracker_finest_bits (list, n, missing, cfg->granularity_bits);
+  tracker_free_bitmaps (list, n);
+  return finest;
 }
 
 int
@@ -435,14 +352,17 @@ tracker_validate (struct tracker *t, uint64_t export_size)
   sc = sidecar_open (path, open_flags (t->cfg));
   if (sc == NULL)
     return -1;
-  r = check_size (path, sc->header.size, export_size);
+  r = check_size (path, sidecar_virtual_size (sc), export_size);
   if (r == 0)
     r = select_bitmaps (t, sc, false) >= 0 ? 0 : -1;
-  if (r == 0 && t->cfg->crash_safe &&
-      journal_bits (t->cfg, path, sc->header.size,
-                    finest_granularity (t->cfg, sc), sc->header.cluster_bits)
-      == 0)
-    r = -1;
+  if (r == 0 && t->cfg->crash_safe) {
+    unsigned finest = startup_finest_bits (t->cfg, sc);
+
+    if (finest == 0 ||
+        journal_bits (t->cfg, path, sidecar_virtual_size (sc), finest,
+                      sidecar_cluster_bits (sc)) == 0)
+      r = -1;
+  }
   if (r == -1) {
     sidecar_close (sc);
     return -1;
@@ -479,11 +399,57 @@ tracker_claim_export (struct tracker *t, const char *exportname)
   return r;
 }
 
+/* The journal's store: the sidecar's journal. */
+static int
+store_write (void *sc, uint64_t offset, const void *buf, size_t len)
+{
+  return sidecar_journal_write (sc, offset, buf, len);
+}
+
+static int
+store_sync (void *sc)
+{
+  return sidecar_journal_sync (sc);
+}
+
+/* With crash safety: the journal's granularity, for the sidecar to
+ * create it, and once it has, the journal that writes to it.
+ */
+static int
+set_journal_bits (struct tracker *t, struct sidecar *sc, unsigned finest)
+{
+  unsigned bits = journal_bits (t->cfg, sidecar_path (sc),
+                                sidecar_virtual_size (sc), finest,
+                                sidecar_cluster_bits (sc));
+
+  if (bits == 0)
+    return -1;
+  sidecar_set_journal_granularity (sc, bits);
+  return bits;
+}
+
+static int
+open_journal (struct tracker *t, struct sidecar *sc, unsigned bits)
+{
+  const struct journal_store store = { store_write, store_sync, sc };
+
+  t->journal = journal_new (&store, sidecar_path (sc), bits,
+                            qcow2_blocks_covering (sidecar_virtual_size (sc),
+                                                   bits),
+                            UINT64_C(1) << sidecar_cluster_bits (sc));
+  if (t->journal == NULL)
+    return -1;
+  nbdkit_debug ("dirtybitmap: crash-safe: marks are made durable in "
+                "regions of %" PRIu64 " bytes", UINT64_C(1) << bits);
+  return 0;
+}
+
 int
 tracker_start_locked (struct tracker *t, uint64_t export_size)
 {
   const char *path = t->cfg->sidecar_path;
   struct sidecar *sc;
+  int bits = 0;
   unsigned finest;
   size_t i;
 
@@ -496,43 +462,37 @@ tracker_start_locked (struct tracker *t, uint64_t export_size)
   sc = sidecar_open (path, SIDECAR_WRITABLE | open_flags (t->cfg));
   if (sc == NULL)
     return -1;
-  if (check_size (path, sc->header.size, export_size) == -1 ||
-      select_bitmaps (t, sc, true) == -1)
+  if (check_size (path, sidecar_virtual_size (sc), export_size) == -1 ||
+      select_bitmaps (t, sc, true) == -1 ||
+      list_stored_bitmaps (sc, &t->bitmaps, &t->nr_bitmaps) == -1)
     goto err;
-  finest = finest_granularity (t->cfg, sc);
-  if (t->cfg->crash_safe) {
-    sc->journal_bits = journal_bits (t->cfg, path, sc->header.size, finest,
-                                     sc->header.cluster_bits);
-    if (sc->journal_bits == 0)
-      goto err;
-  }
+  finest = tracker_recording_bits (t);
+  if (t->cfg->crash_safe && (bits = set_journal_bits (t, sc, finest)) == -1)
+    goto err;
   if (sidecar_begin_tracking (sc) == -1)
     goto err;
-  if (sc->journal) {
-    t->journal = journal_new (sc->fd, path, sc->journal_bits,
-                              qcow2_blocks_covering (sc->header.size,
-                                                     sc->journal_bits),
-                              sc->journal->table, sc->cluster_size);
-    if (t->journal == NULL)
-      goto err;
-    nbdkit_debug ("dirtybitmap: crash-safe: marks are made durable in "
-                  "regions of %" PRIu64 " bytes", UINT64_C(1) << sc->journal_bits);
-  }
+  if (sidecar_has_journal (sc) && open_journal (t, sc, bits) == -1)
+    goto err;
 
   t->recorder = recorder_new (export_size, finest);
   if (t->recorder == NULL)
     goto err;
-  for (i = 0; i < sc->nr_bitmaps; ++i)
-    if (sc->bitmaps[i]->tracked)
-      nbdkit_debug ("dirtybitmap: tracking '%s' (granularity %" PRIu64 ")",
-                    sc->bitmaps[i]->entry.name,
-                    UINT64_C(1) << sc->bitmaps[i]->entry.granularity_bits);
+  for (i = 0; i < t->nr_bitmaps; ++i)
+    if (t->bitmaps[i].recording)
+      nbdkit_debug ("dirtybitmap: recording '%s' (granularity %" PRIu64 ")",
+                    t->bitmaps[i].name,
+                    UINT64_C(1) << t->bitmaps[i].granularity_bits);
   t->sidecar = sc;
   t->export_size = export_size;
   __atomic_store_n (&t->started, true, __ATOMIC_RELEASE);
   return 0;
 
  err:
+  journal_free (t->journal);
+  t->journal = NULL;
+  tracker_free_bitmaps (t->bitmaps, t->nr_bitmaps);
+  t->bitmaps = NULL;
+  t->nr_bitmaps = 0;
   sidecar_close (sc);
   return -1;
 }
@@ -582,26 +542,13 @@ tracker_mark (struct tracker *t, uint64_t offset, uint64_t count)
 unsigned
 tracker_recording_bits (const struct tracker *t)
 {
-  unsigned finest = QCOW2_BITMAP_MAX_GRAN_BITS + 1;
-  size_t i;
-
-  if (t->sidecar)
-    for (i = 0; i < t->sidecar->nr_bitmaps; ++i)
-      if (t->sidecar->bitmaps[i]->tracked &&
-          t->sidecar->bitmaps[i]->entry.granularity_bits < finest)
-        finest = t->sidecar->bitmaps[i]->entry.granularity_bits;
-  for (i = 0; i < t->nr_volatiles; ++i)
-    if (t->volatiles[i].enabled &&
-        t->volatiles[i].granularity_bits < finest)
-      finest = t->volatiles[i].granularity_bits;
-  return finest <= QCOW2_BITMAP_MAX_GRAN_BITS ? finest
-                                              : t->cfg->granularity_bits;
+  return tracker_finest_bits (t->bitmaps, t->nr_bitmaps, 0,
+                              t->cfg->granularity_bits);
 }
 
 int
 tracker_fold_locked (struct tracker *t, unsigned new_bits)
 {
-  struct sidecar *sc = t->sidecar;
   struct dirtymap *old;
   unsigned old_bits;
   size_t i;
@@ -610,16 +557,10 @@ tracker_fold_locked (struct tracker *t, unsigned new_bits)
   old = recorder_swap (t->recorder, new_bits, &old_bits);
   if (old == NULL)
     return -1;
-  for (i = 0; r == 0 && i < sc->nr_bitmaps; ++i) {
-    struct sidecar_bitmap *bm = sc->bitmaps[i];
-    if (bm->tracked)
-      r = dirtymap_merge_rescaled (bm->data, bm->entry.granularity_bits,
-                                   old, old_bits);
-  }
-  for (i = 0; r == 0 && i < t->nr_volatiles; ++i)
-    if (t->volatiles[i].enabled)
-      r = dirtymap_merge_rescaled (t->volatiles[i].data,
-                                   t->volatiles[i].granularity_bits,
+  for (i = 0; r == 0 && i < t->nr_bitmaps; ++i)
+    if (t->bitmaps[i].recording)
+      r = dirtymap_merge_rescaled (t->bitmaps[i].data,
+                                   t->bitmaps[i].granularity_bits,
                                    old, old_bits);
   dirtymap_free (old);
   return r;
@@ -654,24 +595,27 @@ tracker_stop (struct tracker *t)
     return -1;
   r = sidecar_store (sc);
   if (r == 0)
-    nbdkit_debug ("dirtybitmap: stored the bitmaps in %s", sc->path);
+    nbdkit_debug ("dirtybitmap: stored the bitmaps in %s", sidecar_path (sc));
   else {
     t->failed = true;
-    if (sc->journal)
+    if (sidecar_has_journal (sc))
       nbdkit_error ("%s: the bitmaps could not be stored, so they stay "
                     "marked in use; the journal still protects them: start "
                     "nbdkit with this sidecar again, once the disk is "
-                    "healthy, to rebuild and store them", sc->path);
+                    "healthy, to rebuild and store them", sidecar_path (sc));
     else
       nbdkit_error ("%s: the bitmaps could not be stored, so they stay "
                     "marked in use and no tool will trust them; the writes "
                     "made since nbdkit started are recorded nowhere else: "
                     "take a full backup, then remove the bitmaps with "
                     "'qemu-img bitmap --remove' and reclaim the space with "
-                    "'qemu-img check -r leaks'", sc->path);
+                    "'qemu-img check -r leaks'", sidecar_path (sc));
   }
   journal_free (t->journal);
   t->journal = NULL;
+  tracker_free_bitmaps (t->bitmaps, t->nr_bitmaps);
+  t->bitmaps = NULL;
+  t->nr_bitmaps = 0;
   sidecar_close (sc);
   t->sidecar = NULL;
   t->started = false;

@@ -6,9 +6,9 @@
  * the map every write goes to, and the sidecar they end up in.
  *
  * Every write marks one shared recording map, whatever the number of
- * bitmaps; the map is folded into each tracked bitmap when the bitmaps
+ * bitmaps; the map is folded into each recording bitmap when the bitmaps
  * are stored.  The recording map has the finest granularity of the
- * tracked bitmaps, so folding it loses nothing.
+ * recording bitmaps, so folding it loses nothing.
  */
 #ifndef DIRTYBITMAP_TRACKER_H
 #define DIRTYBITMAP_TRACKER_H
@@ -20,7 +20,7 @@
 
 /* The durable marks of crash safety: 1 MiB regions by default, made
  * coarser on disks so large that the journal would pass 1 MiB; never
- * finer than the finest tracked bitmap needs.  An explicit
+ * finer than the finest recording bitmap needs.  An explicit
  * granularity may make a journal of up to 64 MiB.
  */
 #define TRACKER_DEFAULT_CRASH_GRANULARITY_BITS 20
@@ -31,7 +31,8 @@
 enum tracker_in_use_policy {
   IN_USE_KEEP,                  /* leave it in use, as QEMU does */
   IN_USE_REFUSE,                /* refuse to start */
-  IN_USE_RESET,                 /* make it all dirty and track it */
+  IN_USE_RESET,                 /* make it all dirty, recording as
+                                   before */
 };
 
 struct tracker_config {
@@ -80,7 +81,7 @@ extern int tracker_claim_export (struct tracker *t, const char *exportname);
 
 /* Begin tracking, once, before the first write is let through: create
  * the sidecar if needed, load it, add missing bitmaps and flag the
- * tracked ones IN_USE on disk.  Later calls only check EXPORT_SIZE.
+ * recording ones IN_USE on disk.  Later calls only check EXPORT_SIZE.
  * Thread-safe.  Once it has failed it keeps failing.
  */
 extern int tracker_start (struct tracker *t, uint64_t export_size);
@@ -93,7 +94,7 @@ extern int tracker_start (struct tracker *t, uint64_t export_size);
  */
 extern int tracker_mark (struct tracker *t, uint64_t offset, uint64_t count);
 
-/* Fold what was recorded into the tracked bitmaps and store them,
+/* Fold what was recorded into the recording bitmaps and store them,
  * clearing IN_USE.  Called once, after the last request.
  */
 extern int tracker_stop (struct tracker *t);
@@ -109,8 +110,10 @@ extern bool tracker_failed (const struct tracker *t);
  * tracking first, with the export size seen at start-up.
  */
 enum tracker_action_type {
-  TRACKER_ADD, TRACKER_REMOVE, TRACKER_CLEAR, TRACKER_ENABLE,
-  TRACKER_DISABLE, TRACKER_MERGE,
+  TRACKER_ADD, TRACKER_REMOVE, TRACKER_CLEAR,
+  TRACKER_ENABLE,               /* start recording (QMP's name) */
+  TRACKER_DISABLE,              /* stop recording (QMP's name) */
+  TRACKER_MERGE,
 };
 
 struct tracker_action {
@@ -118,15 +121,18 @@ struct tracker_action {
   const char *name;             /* the bitmap; a merge's target */
   int64_t granularity;          /* add: bytes, 0 for the default */
   bool persistent;              /* add: kept in the sidecar */
-  bool disabled;                /* add: created not recording */
+  bool disabled;                /* add: created not recording (QMP's
+                                   "disabled") */
   const char *const *sources;   /* merge: the bitmaps merged in */
   size_t nr_sources;
 };
 
 /* Apply ACTIONS at one instant with respect to writes: every write is
  * recorded as if it came entirely before or entirely after all of
- * them.  Either all are valid and applied, or none is.  Changes to
- * persistent bitmaps are then committed to the sidecar.
+ * them.  Either all take effect, or none does and nothing changes,
+ * whatever stops one (an invalid action, QEMU's limits, memory).
+ * Changes to persistent bitmaps are then committed to the sidecar; if
+ * that fails they stay made in memory, and the next store retries.
  */
 extern int tracker_transaction (struct tracker *t,
                                 const struct tracker_action *actions,

@@ -1,0 +1,151 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * Copyright (C) 2026 The nbdkit-dirtybitmap authors
+ */
+
+/* The filter's parameters, checked as nbdkit parses them. */
+#include <config.h>
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nbdkit-filter.h>
+
+#include "qcow2-format.h"
+#include "tracker.h"
+
+void
+tracker_config_init (struct tracker_config *cfg)
+{
+  memset (cfg, 0, sizeof *cfg);
+  cfg->granularity_bits = TRACKER_DEFAULT_GRANULARITY_BITS;
+  cfg->crash_safe = true;
+  cfg->in_use_policy = IN_USE_KEEP;
+}
+
+void
+tracker_config_free (struct tracker_config *cfg)
+{
+  size_t i;
+
+  free (cfg->sidecar_path);
+  for (i = 0; i < cfg->nr_names; ++i)
+    free (cfg->names[i]);
+  free (cfg->names);
+  tracker_config_init (cfg);
+}
+
+int
+tracker_config_set_sidecar (struct tracker_config *cfg, const char *path)
+{
+  if (cfg->sidecar_path) {
+    nbdkit_error ("dirtybitmap-file= given twice: one sidecar per export");
+    return -1;
+  }
+  if (*path == '\0') {
+    nbdkit_error ("dirtybitmap-file= is empty: give the path of the qcow2 "
+                  "sidecar");
+    return -1;
+  }
+  cfg->sidecar_path = strdup (path);
+  if (cfg->sidecar_path == NULL) {
+    nbdkit_error ("strdup: %m");
+    return -1;
+  }
+  return 0;
+}
+
+int
+tracker_config_add_name (struct tracker_config *cfg, const char *name)
+{
+  char **p;
+  size_t i;
+
+  if (qcow2_bitmap_name_check (name, "dirtybitmap=") == -1)
+    return -1;
+  if (strcmp (name, QCOW2_JOURNAL_NAME) == 0) {
+    nbdkit_error ("dirtybitmap=%s: that name is reserved for the filter's "
+                  "crash-safety journal; choose another", name);
+    return -1;
+  }
+  for (i = 0; i < cfg->nr_names; ++i) {
+    if (strcmp (cfg->names[i], name) == 0) {
+      nbdkit_error ("dirtybitmap=%s: bitmap named twice", name);
+      return -1;
+    }
+  }
+  p = realloc (cfg->names, (cfg->nr_names + 1) * sizeof *p);
+  if (p == NULL) {
+    nbdkit_error ("realloc: %m");
+    return -1;
+  }
+  cfg->names = p;
+  cfg->names[cfg->nr_names] = strdup (name);
+  if (cfg->names[cfg->nr_names] == NULL) {
+    nbdkit_error ("strdup: %m");
+    return -1;
+  }
+  cfg->nr_names++;
+  return 0;
+}
+
+static int
+granularity_bits (const char *key, int64_t granularity, const char *example,
+                  unsigned *bits)
+{
+  int b = qcow2_granularity_bits (granularity);
+
+  if (b == -1) {
+    nbdkit_error ("%s=%" PRIi64 ": must be a power of two from 512 to 2G "
+                  "(for example %s)", key, granularity, example);
+    return -1;
+  }
+  *bits = b;
+  return 0;
+}
+
+int
+tracker_config_set_granularity (struct tracker_config *cfg,
+                                int64_t granularity)
+{
+  return granularity_bits ("dirtybitmap-granularity", granularity, "64K",
+                           &cfg->granularity_bits);
+}
+
+int
+tracker_config_set_crash_granularity (struct tracker_config *cfg,
+                                      int64_t granularity)
+{
+  return granularity_bits ("dirtybitmap-crash-granularity", granularity,
+                           "1M", &cfg->crash_granularity_bits);
+}
+
+int
+tracker_config_set_in_use_policy (struct tracker_config *cfg,
+                                  const char *policy)
+{
+  if (strcmp (policy, "keep") == 0)
+    cfg->in_use_policy = IN_USE_KEEP;
+  else if (strcmp (policy, "refuse") == 0)
+    cfg->in_use_policy = IN_USE_REFUSE;
+  else if (strcmp (policy, "reset") == 0)
+    cfg->in_use_policy = IN_USE_RESET;
+  else {
+    nbdkit_error ("dirtybitmap-in-use=%s: must be keep (leave such bitmaps "
+                  "in use, as QEMU does), refuse (do not start) or reset "
+                  "(make them all dirty and recording as before)", policy);
+    return -1;
+  }
+  return 0;
+}
+
+int
+tracker_config_check (const struct tracker_config *cfg)
+{
+  if (cfg->sidecar_path == NULL) {
+    nbdkit_error ("dirtybitmap-file=SIDECAR.qcow2 is required: the qcow2 "
+                  "file that holds the bitmaps (created if missing)");
+    return -1;
+  }
+  return 0;
+}
