@@ -12,7 +12,7 @@ missing="$tmpdir/missing.qcow2"
 missing2="$tmpdir/missing2.qcow2"
 
 # Existing sidecars: one with only a disabled bitmap, one with an
-# enabled and a disabled bitmap; copies to compare with afterwards.
+# recording and a disabled bitmap; copies to compare with afterwards.
 only_disabled="$tmpdir/only-disabled.qcow2"
 qemu-img create -q -f qcow2 "$only_disabled" 1M
 qemu-img bitmap --add "$only_disabled" off

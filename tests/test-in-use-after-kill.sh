@@ -14,7 +14,7 @@ sidecar="$tmpdir/sidecar.qcow2"
 sock="$tmpdir/sock"
 size=$((16 * 1024 * 1024))
 
-# Run 1, killed: two bitmaps tracked, one write.
+# Run 1, killed: two bitmaps recording, one write.
 start_nbdkit_background "$sock" memory $size dirtybitmap-crash-safe=false \
   dirtybitmap-file="$sidecar" dirtybitmap=killed1 dirtybitmap=killed2
 [ "$(cat "$sock.pid")" = "$nbdkit_pid" ] ||

@@ -25,16 +25,16 @@ run_filter ()
 
 # The sidecar as qemu-img makes it.
 qemu-img create -q -f qcow2 "$sidecar" $size
-qemu-img bitmap --add "$sidecar" a                 # 64K, enabled
-qemu-img bitmap --add -g 4K "$sidecar" small       # 4K, enabled
-qemu-img bitmap --add "$sidecar" clr               # enabled, cleared later
+qemu-img bitmap --add "$sidecar" a                 # 64K, recording
+qemu-img bitmap --add -g 4K "$sidecar" small       # 4K, recording
+qemu-img bitmap --add "$sidecar" clr               # recording, cleared later
 qemu-img bitmap --add "$sidecar" dis               # disabled below
 qemu-img bitmap --disable "$sidecar" dis
 qemu_check "$sidecar"
 [ "$(bitmap_flags "$sidecar" dis)" = " 65536" ] ||
   fail "qemu-img did not make 'dis' disabled: '$(bitmap_flags "$sidecar" dis)'"
 
-# Run 1: every enabled bitmap records, the disabled one does not.
+# Run 1: every recording bitmap records, the disabled one does not.
 w1="0 1
 70000 4096
 $((M + 100)) 200000

@@ -4,7 +4,7 @@
 
 # What the filter does not own it keeps: after a run, a sidecar's guest
 # data, internal snapshot, feature name table, unknown header
-# extension, external data file name and untracked (disabled) bitmap
+# extension, external data file name and disabled (not recording) bitmap
 # are exactly as they were, while unknown autoclear bits are cleared
 # as the qcow2 spec requires of a writer.
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"

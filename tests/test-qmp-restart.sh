@@ -3,7 +3,7 @@
 # Copyright (C) 2026 The nbdkit-dirtybitmap authors
 
 # Bitmaps added over QMP survive a clean restart when persistent:
-# enabled ones with their data, and still recording; disabled ones with
+# recording ones with their data, and still recording; disabled ones with
 # their data, and still not recording; any granularity.  Non-persistent
 # bitmaps are gone, and removed persistent ones stay removed.  The
 # sidecar is clean for qemu-img check after each stop.

@@ -8,7 +8,7 @@
 # 512-byte clusters, 1- and 64-bit refcounts, a disk that is not a
 # multiple of 64 KiB, a backing file name, zstd, extended L2, bitmaps
 # left in use, the lazy-refcounts dirty bit).  Bitmaps get data from
-# writes made while they are enabled.  Seeds are made at run time and
+# writes made while they are recording.  Seeds are made at run time and
 # not kept in git.
 #
 # Usage: fuzz-seeds.sh DIR [MAX_LEN]
@@ -43,7 +43,7 @@ bitmap ()
   shift 2
   qemu-img bitmap -f qcow2 --add "$@" "$work/$name.qcow2" "$bm"
 }
-# write NAME OFFSET LENGTH...: guest writes, recorded by enabled bitmaps
+# write NAME OFFSET LENGTH...: guest writes, recorded by recording bitmaps
 # (of zeros, so that no data clusters make the seed larger)
 write ()
 {
