@@ -278,6 +278,93 @@ check_unique_names (const char *path, const struct qcow2_bitmap_entry *entries,
   return r;
 }
 
+/* Entry I of the directory, at BUF with REMAINING bytes of the
+ * directory left: its fixed fields and its name.
+ */
+static int
+bitmap_entry_decode (const char *path, const uint8_t *buf,
+                     uint64_t remaining, uint32_t i,
+                     struct qcow2_bitmap_entry *e)
+{
+  uint32_t extra;
+
+  e->table_offset = load_be64 (&buf[E_TABLE_OFFSET]);
+  e->table_size = load_be32 (&buf[E_TABLE_SIZE]);
+  e->flags = load_be32 (&buf[E_FLAGS]);
+  e->type = buf[E_TYPE];
+  e->granularity_bits = buf[E_GRAN_BITS];
+  e->name_size = load_be16 (&buf[E_NAME_SIZE]);
+  extra = load_be32 (&buf[E_EXTRA_SIZE]);
+
+  if (extra != 0) {
+    nbdkit_error ("%s: bitmap directory entry %" PRIu32 ": "
+                  "extra_data_size %" PRIu32 " is not zero (QEMU refuses "
+                  "such bitmaps too); remove it with 'qemu-img bitmap "
+                  "--remove'", path, i, extra);
+    return -1;
+  }
+  if (e->name_size == 0 || e->name_size > QCOW2_BITMAP_MAX_NAME_SIZE ||
+      qcow2_bitmap_entry_size (e->name_size) > remaining) {
+    nbdkit_error ("%s: bitmap directory entry %" PRIu32 ": name_size %"
+                  PRIu16 " is outside 1..%d or runs past the directory",
+                  path, i, e->name_size, QCOW2_BITMAP_MAX_NAME_SIZE);
+    return -1;
+  }
+  memcpy (e->name, &buf[QCOW2_BITMAP_ENTRY_FIXED], e->name_size);
+  e->name[e->name_size] = '\0';
+  if (strlen (e->name) != e->name_size) {
+    nbdkit_error ("%s: bitmap directory entry %" PRIu32 ": name contains "
+                  "a NUL byte", path, i);
+    return -1;
+  }
+  return 0;
+}
+
+/* What QEMU requires of a dirty bitmap's type, granularity, flags and
+ * table.
+ */
+static int
+bitmap_entry_check (const char *path, unsigned cluster_bits,
+                    uint64_t file_size, const struct qcow2_bitmap_entry *e)
+{
+  uint64_t table_bytes;
+
+  if (e->type != QCOW2_BITMAP_TYPE_DIRTY) {
+    nbdkit_error ("%s: bitmap '%s': type %" PRIu8 " is not 1 (dirty "
+                  "tracking bitmap)", path, e->name, e->type);
+    return -1;
+  }
+  if (e->granularity_bits < QCOW2_BITMAP_MIN_GRAN_BITS ||
+      e->granularity_bits > QCOW2_BITMAP_MAX_GRAN_BITS) {
+    nbdkit_error ("%s: bitmap '%s': granularity_bits %" PRIu8 " is "
+                  "outside %d..%d", path, e->name, e->granularity_bits,
+                  QCOW2_BITMAP_MIN_GRAN_BITS, QCOW2_BITMAP_MAX_GRAN_BITS);
+    return -1;
+  }
+  if (e->flags & ~QCOW2_BITMAP_FLAGS_KNOWN) {
+    nbdkit_error ("%s: bitmap '%s': flags 0x%" PRIx32 " has reserved "
+                  "bits set", path, e->name, e->flags);
+    return -1;
+  }
+  table_bytes = (uint64_t) e->table_size * 8;
+  if (e->table_size == 0 || e->table_size > QCOW2_BITMAP_MAX_TABLE_SIZE ||
+      ((uint64_t) e->table_size << cluster_bits) >
+        QCOW2_BITMAP_MAX_DATA_BYTES) {
+    nbdkit_error ("%s: bitmap '%s': bitmap_table_size %" PRIu32 " is "
+                  "zero or beyond QEMU's limits", path, e->name,
+                  e->table_size);
+    return -1;
+  }
+  if (e->table_offset == 0 || !IS_ALIGNED (e->table_offset, cluster_bits) ||
+      !inside_file (e->table_offset, table_bytes, file_size)) {
+    nbdkit_error ("%s: bitmap '%s': bitmap_table_offset 0x%" PRIx64 " is "
+                  "zero, not cluster aligned, or the table lies outside "
+                  "the file", path, e->name, e->table_offset);
+    return -1;
+  }
+  return 0;
+}
+
 int
 qcow2_bitmap_directory_decode (const char *path, const uint8_t *buf,
                                uint64_t dir_size, uint32_t nb,
@@ -289,8 +376,6 @@ qcow2_bitmap_directory_decode (const char *path, const uint8_t *buf,
 
   for (i = 0; i < nb; ++i) {
     struct qcow2_bitmap_entry *e = &entries[i];
-    uint32_t extra;
-    uint64_t table_bytes;
 
     if (dir_size - offset < QCOW2_BITMAP_ENTRY_FIXED) {
       nbdkit_error ("%s: bitmap directory: entry %" PRIu32 " of %" PRIu32
@@ -299,68 +384,10 @@ qcow2_bitmap_directory_decode (const char *path, const uint8_t *buf,
                     path, i, nb, dir_size);
       return -1;
     }
-    e->table_offset = load_be64 (&buf[offset + E_TABLE_OFFSET]);
-    e->table_size = load_be32 (&buf[offset + E_TABLE_SIZE]);
-    e->flags = load_be32 (&buf[offset + E_FLAGS]);
-    e->type = buf[offset + E_TYPE];
-    e->granularity_bits = buf[offset + E_GRAN_BITS];
-    e->name_size = load_be16 (&buf[offset + E_NAME_SIZE]);
-    extra = load_be32 (&buf[offset + E_EXTRA_SIZE]);
-
-    if (extra != 0) {
-      nbdkit_error ("%s: bitmap directory entry %" PRIu32 ": "
-                    "extra_data_size %" PRIu32 " is not zero (QEMU refuses "
-                    "such bitmaps too); remove it with 'qemu-img bitmap "
-                    "--remove'", path, i, extra);
+    if (bitmap_entry_decode (path, &buf[offset], dir_size - offset, i,
+                             e) == -1 ||
+        bitmap_entry_check (path, cluster_bits, file_size, e) == -1)
       return -1;
-    }
-    if (e->name_size == 0 || e->name_size > QCOW2_BITMAP_MAX_NAME_SIZE ||
-        qcow2_bitmap_entry_size (e->name_size) > dir_size - offset) {
-      nbdkit_error ("%s: bitmap directory entry %" PRIu32 ": name_size %"
-                    PRIu16 " is outside 1..%d or runs past the directory",
-                    path, i, e->name_size, QCOW2_BITMAP_MAX_NAME_SIZE);
-      return -1;
-    }
-    memcpy (e->name, &buf[offset + QCOW2_BITMAP_ENTRY_FIXED], e->name_size);
-    e->name[e->name_size] = '\0';
-    if (strlen (e->name) != e->name_size) {
-      nbdkit_error ("%s: bitmap directory entry %" PRIu32 ": name contains "
-                    "a NUL byte", path, i);
-      return -1;
-    }
-    if (e->type != QCOW2_BITMAP_TYPE_DIRTY) {
-      nbdkit_error ("%s: bitmap '%s': type %" PRIu8 " is not 1 (dirty "
-                    "tracking bitmap)", path, e->name, e->type);
-      return -1;
-    }
-    if (e->granularity_bits < QCOW2_BITMAP_MIN_GRAN_BITS ||
-        e->granularity_bits > QCOW2_BITMAP_MAX_GRAN_BITS) {
-      nbdkit_error ("%s: bitmap '%s': granularity_bits %" PRIu8 " is "
-                    "outside %d..%d", path, e->name, e->granularity_bits,
-                    QCOW2_BITMAP_MIN_GRAN_BITS, QCOW2_BITMAP_MAX_GRAN_BITS);
-      return -1;
-    }
-    if (e->flags & ~QCOW2_BITMAP_FLAGS_KNOWN) {
-      nbdkit_error ("%s: bitmap '%s': flags 0x%" PRIx32 " has reserved "
-                    "bits set", path, e->name, e->flags);
-      return -1;
-    }
-    table_bytes = (uint64_t) e->table_size * 8;
-    if (e->table_size == 0 || e->table_size > QCOW2_BITMAP_MAX_TABLE_SIZE ||
-        ((uint64_t) e->table_size << cluster_bits) >
-          QCOW2_BITMAP_MAX_DATA_BYTES) {
-      nbdkit_error ("%s: bitmap '%s': bitmap_table_size %" PRIu32 " is "
-                    "zero or beyond QEMU's limits", path, e->name,
-                    e->table_size);
-      return -1;
-    }
-    if (e->table_offset == 0 || !IS_ALIGNED (e->table_offset, cluster_bits) ||
-        !inside_file (e->table_offset, table_bytes, file_size)) {
-      nbdkit_error ("%s: bitmap '%s': bitmap_table_offset 0x%" PRIx64 " is "
-                    "zero, not cluster aligned, or the table lies outside "
-                    "the file", path, e->name, e->table_offset);
-      return -1;
-    }
     offset += qcow2_bitmap_entry_size (e->name_size);
   }
   if (offset != dir_size) {

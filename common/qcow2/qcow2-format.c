@@ -36,28 +36,10 @@ qcow2_header_peek_cluster_bits (const uint8_t *buf, size_t len)
   return len >= H_CLUSTER_BITS + 4 ? load_be32 (&buf[H_CLUSTER_BITS]) : 0;
 }
 
-int
-qcow2_header_decode (const char *path, const uint8_t *buf, size_t len,
-                     uint64_t file_size, struct qcow2_header *h)
+/* The fields after magic and version, in host order. */
+static void
+header_read_fields (const uint8_t *buf, struct qcow2_header *h)
 {
-  uint64_t cluster_size, l2_coverage, l1_needed;
-
-  if (len < QCOW2_V3_HEADER_MIN || load_be32 (&buf[H_MAGIC]) != QCOW2_MAGIC) {
-    nbdkit_error ("%s: not a qcow2 file (bad magic or shorter than a "
-                  "header); point dirtybitmap-file= at a qcow2 sidecar, "
-                  "or at a path that does not exist yet to create one",
-                  path);
-    return -1;
-  }
-  memset (h, 0, sizeof *h);
-  h->version = load_be32 (&buf[H_VERSION]);
-  if (h->version != 3) {
-    nbdkit_error ("%s: qcow2 header: version %" PRIu32 " is not supported; "
-                  "persistent bitmaps need version 3 (compat=1.1): run "
-                  "'qemu-img amend -o compat=1.1 %s'",
-                  path, h->version, path);
-    return -1;
-  }
   h->backing_file_offset = load_be64 (&buf[H_BACKING_OFFSET]);
   h->backing_file_size = load_be32 (&buf[H_BACKING_SIZE]);
   h->cluster_bits = load_be32 (&buf[H_CLUSTER_BITS]);
@@ -74,6 +56,16 @@ qcow2_header_decode (const char *path, const uint8_t *buf, size_t len,
   h->autoclear_features = load_be64 (&buf[H_AUTOCLEAR]);
   h->refcount_order = load_be32 (&buf[H_REFCOUNT_ORDER]);
   h->header_length = load_be32 (&buf[H_HEADER_LENGTH]);
+}
+
+/* cluster_bits and header_length, and the compression_type byte that
+ * only a long enough header has.
+ */
+static int
+header_check_sizes (const char *path, const uint8_t *buf, size_t len,
+                    struct qcow2_header *h)
+{
+  uint64_t cluster_size;
 
   if (h->cluster_bits < QCOW2_MIN_CLUSTER_BITS ||
       h->cluster_bits > QCOW2_MAX_CLUSTER_BITS) {
@@ -93,7 +85,13 @@ qcow2_header_decode (const char *path, const uint8_t *buf, size_t len,
   }
   if (h->header_length > H_COMPRESSION_TYPE)
     h->compression_type = buf[H_COMPRESSION_TYPE];
+  return 0;
+}
 
+/* Encryption, feature bits, compression type and refcount width. */
+static int
+header_check_features (const char *path, const struct qcow2_header *h)
+{
   if (h->crypt_method != 0) {
     nbdkit_error ("%s: qcow2 header: crypt_method %" PRIu32 ": encrypted "
                   "sidecars are not supported; use an unencrypted one",
@@ -135,6 +133,19 @@ qcow2_header_decode (const char *path, const uint8_t *buf, size_t len,
                   path, h->refcount_order, QCOW2_MAX_REFCOUNT_ORDER);
     return -1;
   }
+  return 0;
+}
+
+/* The refcount table, the L1 table, the snapshot table and the backing
+ * file name must lie where the file can hold them.
+ */
+static int
+header_check_layout (const char *path, uint64_t file_size,
+                     const struct qcow2_header *h)
+{
+  const uint64_t cluster_size = UINT64_C(1) << h->cluster_bits;
+  uint64_t l2_coverage, l1_needed;
+
   if (h->refcount_table_offset == 0 ||
       !IS_ALIGNED (h->refcount_table_offset, h->cluster_bits) ||
       h->refcount_table_clusters == 0 ||
@@ -192,6 +203,34 @@ qcow2_header_decode (const char *path, const uint8_t *buf, size_t len,
                   h->backing_file_size);
     return -1;
   }
+  return 0;
+}
+
+int
+qcow2_header_decode (const char *path, const uint8_t *buf, size_t len,
+                     uint64_t file_size, struct qcow2_header *h)
+{
+  if (len < QCOW2_V3_HEADER_MIN || load_be32 (&buf[H_MAGIC]) != QCOW2_MAGIC) {
+    nbdkit_error ("%s: not a qcow2 file (bad magic or shorter than a "
+                  "header); point dirtybitmap-file= at a qcow2 sidecar, "
+                  "or at a path that does not exist yet to create one",
+                  path);
+    return -1;
+  }
+  memset (h, 0, sizeof *h);
+  h->version = load_be32 (&buf[H_VERSION]);
+  if (h->version != 3) {
+    nbdkit_error ("%s: qcow2 header: version %" PRIu32 " is not supported; "
+                  "persistent bitmaps need version 3 (compat=1.1): run "
+                  "'qemu-img amend -o compat=1.1 %s'",
+                  path, h->version, path);
+    return -1;
+  }
+  header_read_fields (buf, h);
+  if (header_check_sizes (path, buf, len, h) == -1 ||
+      header_check_features (path, h) == -1 ||
+      header_check_layout (path, file_size, h) == -1)
+    return -1;
   return 0;
 }
 
