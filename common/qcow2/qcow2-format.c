@@ -2,6 +2,11 @@
  * Copyright (C) 2026 The nbdkit-dirtybitmap authors
  */
 
+/* The header, header extensions, the feature name table, and the
+ * refcount table and blocks.  The bitmap structures are in
+ * qcow2-bitmap-format.c.
+ */
+
 #include <config.h>
 
 #include <stdlib.h>
@@ -9,20 +14,10 @@
 #include <inttypes.h>
 
 #include <nbdkit-filter.h>
-#include <zlib.h>
 
 #include "byte-order.h"
 #include "qcow2-format.h"
-
-#define IS_ALIGNED(x, bits) (((x) & ((UINT64_C(1) << (bits)) - 1)) == 0)
-#define ROUND_UP8(x) (((x) + 7) & ~(size_t) 7)
-
-/* True if [offset, offset + len) lies inside a file of FILE_SIZE. */
-static bool
-inside_file (uint64_t offset, uint64_t len, uint64_t file_size)
-{
-  return offset <= file_size && len <= file_size - offset;
-}
+#include "qcow2-format-internal.h"
 
 /* Header field layout (qcow2.txt, "Header"). */
 enum {
@@ -41,28 +36,10 @@ qcow2_header_peek_cluster_bits (const uint8_t *buf, size_t len)
   return len >= H_CLUSTER_BITS + 4 ? load_be32 (&buf[H_CLUSTER_BITS]) : 0;
 }
 
-int
-qcow2_header_decode (const char *path, const uint8_t *buf, size_t len,
-                     uint64_t file_size, struct qcow2_header *h)
+/* The fields after magic and version, in host order. */
+static void
+header_read_fields (const uint8_t *buf, struct qcow2_header *h)
 {
-  uint64_t cluster_size, l2_coverage, l1_needed;
-
-  if (len < QCOW2_V3_HEADER_MIN || load_be32 (&buf[H_MAGIC]) != QCOW2_MAGIC) {
-    nbdkit_error ("%s: not a qcow2 file (bad magic or shorter than a "
-                  "header); point dirtybitmap-file= at a qcow2 sidecar, "
-                  "or at a path that does not exist yet to create one",
-                  path);
-    return -1;
-  }
-  memset (h, 0, sizeof *h);
-  h->version = load_be32 (&buf[H_VERSION]);
-  if (h->version != 3) {
-    nbdkit_error ("%s: qcow2 header: version %" PRIu32 " is not supported; "
-                  "persistent bitmaps need version 3 (compat=1.1): run "
-                  "'qemu-img amend -o compat=1.1 %s'",
-                  path, h->version, path);
-    return -1;
-  }
   h->backing_file_offset = load_be64 (&buf[H_BACKING_OFFSET]);
   h->backing_file_size = load_be32 (&buf[H_BACKING_SIZE]);
   h->cluster_bits = load_be32 (&buf[H_CLUSTER_BITS]);
@@ -79,6 +56,16 @@ qcow2_header_decode (const char *path, const uint8_t *buf, size_t len,
   h->autoclear_features = load_be64 (&buf[H_AUTOCLEAR]);
   h->refcount_order = load_be32 (&buf[H_REFCOUNT_ORDER]);
   h->header_length = load_be32 (&buf[H_HEADER_LENGTH]);
+}
+
+/* cluster_bits and header_length, and the compression_type byte that
+ * only a long enough header has.
+ */
+static int
+header_check_sizes (const char *path, const uint8_t *buf, size_t len,
+                    struct qcow2_header *h)
+{
+  uint64_t cluster_size;
 
   if (h->cluster_bits < QCOW2_MIN_CLUSTER_BITS ||
       h->cluster_bits > QCOW2_MAX_CLUSTER_BITS) {
@@ -98,7 +85,13 @@ qcow2_header_decode (const char *path, const uint8_t *buf, size_t len,
   }
   if (h->header_length > H_COMPRESSION_TYPE)
     h->compression_type = buf[H_COMPRESSION_TYPE];
+  return 0;
+}
 
+/* Encryption, feature bits, compression type and refcount width. */
+static int
+header_check_features (const char *path, const struct qcow2_header *h)
+{
   if (h->crypt_method != 0) {
     nbdkit_error ("%s: qcow2 header: crypt_method %" PRIu32 ": encrypted "
                   "sidecars are not supported; use an unencrypted one",
@@ -140,6 +133,19 @@ qcow2_header_decode (const char *path, const uint8_t *buf, size_t len,
                   path, h->refcount_order, QCOW2_MAX_REFCOUNT_ORDER);
     return -1;
   }
+  return 0;
+}
+
+/* The refcount table, the L1 table, the snapshot table and the backing
+ * file name must lie where the file can hold them.
+ */
+static int
+header_check_layout (const char *path, uint64_t file_size,
+                     const struct qcow2_header *h)
+{
+  const uint64_t cluster_size = UINT64_C(1) << h->cluster_bits;
+  uint64_t l2_coverage, l1_needed;
+
   if (h->refcount_table_offset == 0 ||
       !IS_ALIGNED (h->refcount_table_offset, h->cluster_bits) ||
       h->refcount_table_clusters == 0 ||
@@ -197,6 +203,34 @@ qcow2_header_decode (const char *path, const uint8_t *buf, size_t len,
                   h->backing_file_size);
     return -1;
   }
+  return 0;
+}
+
+int
+qcow2_header_decode (const char *path, const uint8_t *buf, size_t len,
+                     uint64_t file_size, struct qcow2_header *h)
+{
+  if (len < QCOW2_V3_HEADER_MIN || load_be32 (&buf[H_MAGIC]) != QCOW2_MAGIC) {
+    nbdkit_error ("%s: not a qcow2 file (bad magic or shorter than a "
+                  "header); point dirtybitmap-file= at a qcow2 sidecar, "
+                  "or at a path that does not exist yet to create one",
+                  path);
+    return -1;
+  }
+  memset (h, 0, sizeof *h);
+  h->version = load_be32 (&buf[H_VERSION]);
+  if (h->version != 3) {
+    nbdkit_error ("%s: qcow2 header: version %" PRIu32 " is not supported; "
+                  "persistent bitmaps need version 3 (compat=1.1): run "
+                  "'qemu-img amend -o compat=1.1 %s'",
+                  path, h->version, path);
+    return -1;
+  }
+  header_read_fields (buf, h);
+  if (header_check_sizes (path, buf, len, h) == -1 ||
+      header_check_features (path, h) == -1 ||
+      header_check_layout (path, file_size, h) == -1)
+    return -1;
   return 0;
 }
 
@@ -323,458 +357,6 @@ qcow2_extensions_encode (const struct qcow2_extension *exts, size_t n,
   }
   store_be32 (&buf[offset], QCOW2_EXT_END);
   store_be32 (&buf[offset + 4], 0);
-}
-
-int
-qcow2_bitmaps_ext_decode (const char *path, const struct qcow2_extension *ext,
-                          unsigned cluster_bits, uint64_t file_size,
-                          struct qcow2_bitmaps_ext *out)
-{
-  if (ext->length != QCOW2_BITMAP_EXT_SIZE) {
-    nbdkit_error ("%s: bitmaps extension: length %" PRIu32 " is not %d",
-                  path, ext->length, QCOW2_BITMAP_EXT_SIZE);
-    return -1;
-  }
-  out->nb_bitmaps = load_be32 (&ext->data[0]);
-  out->directory_size = load_be64 (&ext->data[8]);
-  out->directory_offset = load_be64 (&ext->data[16]);
-  if (load_be32 (&ext->data[4]) != 0) {
-    nbdkit_error ("%s: bitmaps extension: reserved field is not zero", path);
-    return -1;
-  }
-  if (out->nb_bitmaps == 0 || out->nb_bitmaps > QCOW2_BITMAP_MAX_COUNT) {
-    nbdkit_error ("%s: bitmaps extension: nb_bitmaps %" PRIu32 " is outside "
-                  "1..%d", path, out->nb_bitmaps, QCOW2_BITMAP_MAX_COUNT);
-    return -1;
-  }
-  if (out->directory_size > QCOW2_BITMAP_MAX_DIR_SIZE ||
-      out->directory_size <
-        (uint64_t) out->nb_bitmaps * qcow2_bitmap_entry_size (1)) {
-    nbdkit_error ("%s: bitmaps extension: bitmap_directory_size %" PRIu64
-                  " cannot hold %" PRIu32 " entries or exceeds %" PRIu64,
-                  path, out->directory_size, out->nb_bitmaps,
-                  QCOW2_BITMAP_MAX_DIR_SIZE);
-    return -1;
-  }
-  if (out->directory_offset == 0 ||
-      !IS_ALIGNED (out->directory_offset, cluster_bits) ||
-      !inside_file (out->directory_offset, out->directory_size, file_size)) {
-    nbdkit_error ("%s: bitmaps extension: bitmap_directory_offset 0x%" PRIx64
-                  " is not cluster aligned or the directory lies outside "
-                  "the file", path, out->directory_offset);
-    return -1;
-  }
-  return 0;
-}
-
-size_t
-qcow2_journal_ext_size (uint32_t nr_protected)
-{
-  return QCOW2_JOURNAL_EXT_FIXED + (size_t) nr_protected * 8;
-}
-
-static uint32_t
-journal_ext_crc (const uint8_t *data, size_t covered)
-{
-  return crc32 (crc32 (0, Z_NULL, 0), data, covered);
-}
-
-int
-qcow2_journal_ext_decode (const struct qcow2_extension *ext,
-                          unsigned cluster_bits,
-                          struct qcow2_journal_ext *out, const char **why)
-{
-  uint32_t i, n;
-  size_t covered;
-
-  memset (out, 0, sizeof *out);
-  if (ext->length < QCOW2_JOURNAL_EXT_FIXED) {
-    *why = "the crash-safety record is truncated";
-    return -1;
-  }
-  n = load_be32 (&ext->data[4]);
-  if (n > QCOW2_BITMAP_MAX_COUNT ||
-      ext->length != qcow2_journal_ext_size (n)) {
-    *why = "the crash-safety record's length does not match its count";
-    return -1;
-  }
-  covered = ext->length - 4;
-  if (load_be32 (&ext->data[covered]) != journal_ext_crc (ext->data, covered)) {
-    *why = "the crash-safety record fails its crc32 (torn write)";
-    return -1;
-  }
-  if (load_be32 (&ext->data[0]) != QCOW2_JOURNAL_EXT_VERSION) {
-    *why = "the crash-safety record has a version this filter does not know";
-    return -1;
-  }
-  out->journal_table_offset = load_be64 (&ext->data[8]);
-  if (out->journal_table_offset == 0 ||
-      !IS_ALIGNED (out->journal_table_offset, cluster_bits)) {
-    *why = "the crash-safety record names no valid journal";
-    return -1;
-  }
-  out->protected_tables = calloc (n ? n : 1, sizeof (uint64_t));
-  if (out->protected_tables == NULL) {
-    *why = "out of memory";
-    return -1;
-  }
-  out->nr_protected = n;
-  for (i = 0; i < n; ++i)
-    out->protected_tables[i] = load_be64 (&ext->data[16 + 8 * (size_t) i]);
-  return 0;
-}
-
-void
-qcow2_journal_ext_encode (const struct qcow2_journal_ext *in, uint8_t *data)
-{
-  size_t covered = qcow2_journal_ext_size (in->nr_protected) - 4;
-  uint32_t i;
-
-  store_be32 (&data[0], QCOW2_JOURNAL_EXT_VERSION);
-  store_be32 (&data[4], in->nr_protected);
-  store_be64 (&data[8], in->journal_table_offset);
-  for (i = 0; i < in->nr_protected; ++i)
-    store_be64 (&data[16 + 8 * (size_t) i], in->protected_tables[i]);
-  store_be32 (&data[covered], journal_ext_crc (data, covered));
-}
-
-void
-qcow2_bitmaps_ext_encode (const struct qcow2_bitmaps_ext *in,
-                          uint8_t data[QCOW2_BITMAP_EXT_SIZE])
-{
-  store_be32 (&data[0], in->nb_bitmaps);
-  store_be32 (&data[4], 0);
-  store_be64 (&data[8], in->directory_size);
-  store_be64 (&data[16], in->directory_offset);
-}
-
-size_t
-qcow2_bitmap_entry_size (uint16_t name_size)
-{
-  return ROUND_UP8 ((size_t) QCOW2_BITMAP_ENTRY_FIXED + name_size);
-}
-
-uint64_t
-qcow2_virtual_size_for (uint64_t bytes)
-{
-  return (bytes + 511) & ~UINT64_C(511);
-}
-
-uint64_t
-qcow2_blocks_covering (uint64_t size, unsigned bits)
-{
-  if (bits >= 64)
-    return size > 0 ? 1 : 0;
-  return (size >> bits) + ((size & ((UINT64_C(1) << bits) - 1)) != 0);
-}
-
-uint64_t
-qcow2_bitmap_table_size (uint64_t virtual_size, unsigned granularity_bits,
-                         unsigned cluster_bits)
-{
-  /* One cluster of bitmap data covers 8 << cluster_bits granules. */
-  return qcow2_blocks_covering (virtual_size,
-                                granularity_bits + 3 + cluster_bits);
-}
-
-int
-qcow2_granularity_bits (int64_t bytes)
-{
-  if (bytes < (INT64_C(1) << QCOW2_BITMAP_MIN_GRAN_BITS) ||
-      bytes > (INT64_C(1) << QCOW2_BITMAP_MAX_GRAN_BITS) ||
-      (bytes & (bytes - 1)) != 0)
-    return -1;
-  return __builtin_ctzll (bytes);
-}
-
-unsigned
-qcow2_bitmap_fitting_granularity (uint64_t virtual_size,
-                                  unsigned granularity_bits,
-                                  unsigned cluster_bits)
-{
-  unsigned g;
-
-  for (g = granularity_bits; g <= QCOW2_BITMAP_MAX_GRAN_BITS; ++g) {
-    uint64_t data_bytes = (qcow2_blocks_covering (virtual_size, g) + 7) / 8;
-    if (data_bytes <= QCOW2_BITMAP_MAX_DATA_BYTES &&
-        qcow2_bitmap_table_size (virtual_size, g, cluster_bits)
-          <= QCOW2_BITMAP_MAX_TABLE_SIZE)
-      break;
-  }
-  return g;
-}
-
-int
-qcow2_bitmap_size_check (const char *path, const char *name,
-                         uint64_t virtual_size, unsigned granularity_bits,
-                         unsigned cluster_bits)
-{
-  unsigned g = qcow2_bitmap_fitting_granularity (virtual_size,
-                                                 granularity_bits,
-                                                 cluster_bits);
-
-  if (g == granularity_bits)
-    return 0;
-  if (g > QCOW2_BITMAP_MAX_GRAN_BITS)
-    nbdkit_error ("%s: bitmap '%s': a disk of %" PRIu64 " bytes is too "
-                  "large for any qcow2 bitmap", path, name, virtual_size);
-  else
-    nbdkit_error ("%s: bitmap '%s': granularity %" PRIu64 " gives more "
-                  "than QEMU's limit of 512 MiB of bitmap data for a disk "
-                  "of %" PRIu64 " bytes; use dirtybitmap-granularity=%"
-                  PRIu64 " or larger", path, name,
-                  UINT64_C(1) << granularity_bits, virtual_size,
-                  UINT64_C(1) << g);
-  return -1;
-}
-
-int
-qcow2_bitmap_name_check (const char *name, const char *where)
-{
-  size_t len = strlen (name);
-
-  if (len == 0 || len > QCOW2_BITMAP_MAX_NAME_SIZE) {
-    nbdkit_error ("%s: bitmap name is %zu bytes long; it must be 1 to %d "
-                  "bytes", where, len, QCOW2_BITMAP_MAX_NAME_SIZE);
-    return -1;
-  }
-  return 0;
-}
-
-enum {
-  E_TABLE_OFFSET = 0, E_TABLE_SIZE = 8, E_FLAGS = 12, E_TYPE = 16,
-  E_GRAN_BITS = 17, E_NAME_SIZE = 18, E_EXTRA_SIZE = 20,
-};
-
-static int
-compare_names (const void *a, const void *b)
-{
-  return strcmp ((*(const struct qcow2_bitmap_entry *const *) a)->name,
-                 (*(const struct qcow2_bitmap_entry *const *) b)->name);
-}
-
-/* Names must be unique; sorted, so that 65535 entries cost no more
- * than a sort.
- */
-static int
-check_unique_names (const char *path, const struct qcow2_bitmap_entry *entries,
-                    uint32_t nb)
-{
-  const struct qcow2_bitmap_entry **sorted = malloc (nb * sizeof *sorted);
-  uint32_t i;
-  int r = 0;
-
-  if (sorted == NULL) {
-    nbdkit_error ("%s: malloc: %m", path);
-    return -1;
-  }
-  for (i = 0; i < nb; ++i)
-    sorted[i] = &entries[i];
-  qsort (sorted, nb, sizeof *sorted, compare_names);
-  for (i = 1; i < nb && r == 0; ++i) {
-    if (strcmp (sorted[i - 1]->name, sorted[i]->name) == 0) {
-      nbdkit_error ("%s: bitmap directory: name '%s' appears twice",
-                    path, sorted[i]->name);
-      r = -1;
-    }
-  }
-  free (sorted);
-  return r;
-}
-
-int
-qcow2_bitmap_directory_decode (const char *path, const uint8_t *buf,
-                               uint64_t dir_size, uint32_t nb,
-                               unsigned cluster_bits, uint64_t file_size,
-                               struct qcow2_bitmap_entry *entries)
-{
-  uint64_t offset = 0;
-  uint32_t i;
-
-  for (i = 0; i < nb; ++i) {
-    struct qcow2_bitmap_entry *e = &entries[i];
-    uint32_t extra;
-    uint64_t table_bytes;
-
-    if (dir_size - offset < QCOW2_BITMAP_ENTRY_FIXED) {
-      nbdkit_error ("%s: bitmap directory: entry %" PRIu32 " of %" PRIu32
-                    " runs past the end of the directory (%" PRIu64
-                    " bytes); nb_bitmaps disagrees with the directory",
-                    path, i, nb, dir_size);
-      return -1;
-    }
-    e->table_offset = load_be64 (&buf[offset + E_TABLE_OFFSET]);
-    e->table_size = load_be32 (&buf[offset + E_TABLE_SIZE]);
-    e->flags = load_be32 (&buf[offset + E_FLAGS]);
-    e->type = buf[offset + E_TYPE];
-    e->granularity_bits = buf[offset + E_GRAN_BITS];
-    e->name_size = load_be16 (&buf[offset + E_NAME_SIZE]);
-    extra = load_be32 (&buf[offset + E_EXTRA_SIZE]);
-
-    if (extra != 0) {
-      nbdkit_error ("%s: bitmap directory entry %" PRIu32 ": "
-                    "extra_data_size %" PRIu32 " is not zero (QEMU refuses "
-                    "such bitmaps too); remove it with 'qemu-img bitmap "
-                    "--remove'", path, i, extra);
-      return -1;
-    }
-    if (e->name_size == 0 || e->name_size > QCOW2_BITMAP_MAX_NAME_SIZE ||
-        qcow2_bitmap_entry_size (e->name_size) > dir_size - offset) {
-      nbdkit_error ("%s: bitmap directory entry %" PRIu32 ": name_size %"
-                    PRIu16 " is outside 1..%d or runs past the directory",
-                    path, i, e->name_size, QCOW2_BITMAP_MAX_NAME_SIZE);
-      return -1;
-    }
-    memcpy (e->name, &buf[offset + QCOW2_BITMAP_ENTRY_FIXED], e->name_size);
-    e->name[e->name_size] = '\0';
-    if (strlen (e->name) != e->name_size) {
-      nbdkit_error ("%s: bitmap directory entry %" PRIu32 ": name contains "
-                    "a NUL byte", path, i);
-      return -1;
-    }
-    if (e->type != QCOW2_BITMAP_TYPE_DIRTY) {
-      nbdkit_error ("%s: bitmap '%s': type %" PRIu8 " is not 1 (dirty "
-                    "tracking bitmap)", path, e->name, e->type);
-      return -1;
-    }
-    if (e->granularity_bits < QCOW2_BITMAP_MIN_GRAN_BITS ||
-        e->granularity_bits > QCOW2_BITMAP_MAX_GRAN_BITS) {
-      nbdkit_error ("%s: bitmap '%s': granularity_bits %" PRIu8 " is "
-                    "outside %d..%d", path, e->name, e->granularity_bits,
-                    QCOW2_BITMAP_MIN_GRAN_BITS, QCOW2_BITMAP_MAX_GRAN_BITS);
-      return -1;
-    }
-    if (e->flags & ~QCOW2_BITMAP_FLAGS_KNOWN) {
-      nbdkit_error ("%s: bitmap '%s': flags 0x%" PRIx32 " has reserved "
-                    "bits set", path, e->name, e->flags);
-      return -1;
-    }
-    table_bytes = (uint64_t) e->table_size * 8;
-    if (e->table_size == 0 || e->table_size > QCOW2_BITMAP_MAX_TABLE_SIZE ||
-        ((uint64_t) e->table_size << cluster_bits) >
-          QCOW2_BITMAP_MAX_DATA_BYTES) {
-      nbdkit_error ("%s: bitmap '%s': bitmap_table_size %" PRIu32 " is "
-                    "zero or beyond QEMU's limits", path, e->name,
-                    e->table_size);
-      return -1;
-    }
-    if (e->table_offset == 0 || !IS_ALIGNED (e->table_offset, cluster_bits) ||
-        !inside_file (e->table_offset, table_bytes, file_size)) {
-      nbdkit_error ("%s: bitmap '%s': bitmap_table_offset 0x%" PRIx64 " is "
-                    "zero, not cluster aligned, or the table lies outside "
-                    "the file", path, e->name, e->table_offset);
-      return -1;
-    }
-    offset += qcow2_bitmap_entry_size (e->name_size);
-  }
-  if (offset != dir_size) {
-    nbdkit_error ("%s: bitmap directory: %" PRIu32 " entries take %" PRIu64
-                  " bytes but bitmap_directory_size is %" PRIu64
-                  "; nb_bitmaps disagrees with the directory",
-                  path, nb, offset, dir_size);
-    return -1;
-  }
-  return check_unique_names (path, entries, nb);
-}
-
-void
-qcow2_bitmap_directory_encode (const struct qcow2_bitmap_entry *entries,
-                               uint32_t nb, uint8_t *buf)
-{
-  size_t offset = 0;
-  uint32_t i;
-
-  for (i = 0; i < nb; ++i) {
-    const struct qcow2_bitmap_entry *e = &entries[i];
-    size_t size = qcow2_bitmap_entry_size (e->name_size);
-
-    memset (&buf[offset], 0, size);
-    store_be64 (&buf[offset + E_TABLE_OFFSET], e->table_offset);
-    store_be32 (&buf[offset + E_TABLE_SIZE], e->table_size);
-    store_be32 (&buf[offset + E_FLAGS], e->flags);
-    buf[offset + E_TYPE] = e->type;
-    buf[offset + E_GRAN_BITS] = e->granularity_bits;
-    store_be16 (&buf[offset + E_NAME_SIZE], e->name_size);
-    store_be32 (&buf[offset + E_EXTRA_SIZE], 0);
-    memcpy (&buf[offset + QCOW2_BITMAP_ENTRY_FIXED], e->name, e->name_size);
-    offset += size;
-  }
-}
-
-#define BME_OFFSET_MASK   UINT64_C(0x00fffffffffffe00)
-#define BME_RESERVED_MASK UINT64_C(0xff000000000001fe)
-#define BME_ALL_ONES      UINT64_C(1)
-
-int
-qcow2_bitmap_table_entry_decode (const char *path, const char *name,
-                                 uint64_t index, uint64_t raw,
-                                 unsigned cluster_bits, uint64_t file_size,
-                                 uint64_t *offset, bool *all_ones)
-{
-  *offset = raw & BME_OFFSET_MASK;
-  *all_ones = *offset == 0 && (raw & BME_ALL_ONES);
-  if ((raw & BME_RESERVED_MASK) ||
-      (*offset != 0 &&
-       ((raw & BME_ALL_ONES) || !IS_ALIGNED (*offset, cluster_bits) ||
-        !inside_file (*offset, UINT64_C(1) << cluster_bits, file_size)))) {
-    nbdkit_error ("%s: bitmap '%s': table entry %" PRIu64 " (0x%016" PRIx64
-                  ") has reserved bits set, or points to a cluster that is "
-                  "not aligned or lies outside the file",
-                  path, name, index, raw);
-    return -1;
-  }
-  return 0;
-}
-
-uint64_t
-qcow2_bitmap_table_entry_encode (uint64_t offset)
-{
-  return offset & BME_OFFSET_MASK;
-}
-
-int
-qcow2_bitmap_table_decode (const char *path, const char *name,
-                           const uint8_t *buf, uint32_t n,
-                           unsigned cluster_bits, uint64_t file_size,
-                           uint64_t *offsets, bool *all_ones)
-{
-  uint32_t i;
-
-  for (i = 0; i < n; ++i)
-    if (qcow2_bitmap_table_entry_decode (path, name, i,
-                                         load_be64 (&buf[(size_t) i * 8]),
-                                         cluster_bits, file_size,
-                                         &offsets[i], &all_ones[i]) == -1)
-      return -1;
-  return 0;
-}
-
-/* A table of N big-endian offsets, each with only the bits of MASK. */
-static void
-encode_offset_table (const uint64_t *offsets, uint64_t n, uint64_t mask,
-                     uint8_t *buf)
-{
-  uint64_t i;
-
-  for (i = 0; i < n; ++i)
-    store_be64 (&buf[i * 8], offsets[i] & mask);
-}
-
-void
-qcow2_bitmap_table_encode (const uint64_t *offsets, uint32_t n, uint8_t *buf)
-{
-  encode_offset_table (offsets, n, BME_OFFSET_MASK, buf);
-}
-
-bool
-qcow2_bitmap_data_set (uint8_t *data, uint64_t bit)
-{
-  uint8_t mask = 1 << (bit % 8);
-
-  if (data[bit / 8] & mask)
-    return false;
-  data[bit / 8] |= mask;
-  return true;
 }
 
 #define REFT_OFFSET_MASK UINT64_C(0xfffffffffffffe00)

@@ -3,7 +3,9 @@
  */
 
 /* The qcow2 structures a dirty-bitmap sidecar uses: encoding, decoding
- * and validation of each live together here, and nowhere else.
+ * and validation of each live together here, and nowhere else: the
+ * header, its extensions and the refcount structures in qcow2-format.c,
+ * the bitmap structures in qcow2-bitmap-format.c.
  *
  * Validation follows QEMU's docs/interop/qcow2.txt and the limits QEMU
  * enforces when it opens an image, so that whatever we accept QEMU

@@ -14,6 +14,41 @@
 #include "dirtymap.h"
 #include "refcount.h"
 
+/* Decode every entry of the refcount table RAW into rc->table, and
+ * check that no two share a block.
+ */
+static int
+reftable_decode (struct refcounts *rc, const uint8_t *raw,
+                 uint64_t file_size)
+{
+  struct dirtymap *seen;
+  uint64_t i;
+  int r = -1;
+
+  seen = dirtymap_new ((file_size >> rc->cluster_bits) + 1);
+  if (seen == NULL)
+    return -1;
+  for (i = 0; i < rc->table_entries; ++i) {
+    if (qcow2_reftable_entry_decode (rc->path, i, raw,
+                                     rc->cluster_bits, file_size,
+                                     &rc->table[i]) == -1)
+      goto out;
+    if (rc->table[i] == 0)
+      continue;
+    if (dirtymap_set_range (seen, rc->table[i] >> rc->cluster_bits, 1) != 1) {
+      nbdkit_error ("%s: refcount table entry %" PRIu64 " points to the "
+                    "refcount block at 0x%" PRIx64 " that another entry "
+                    "uses too; the sidecar is corrupt", rc->path, i,
+                    rc->table[i]);
+      goto out;
+    }
+  }
+  r = 0;
+ out:
+  dirtymap_free (seen);
+  return r;
+}
+
 int
 refcounts_load (struct refcounts *rc, const char *path, int fd,
                 const struct qcow2_header *h, uint64_t file_size)
@@ -21,7 +56,6 @@ refcounts_load (struct refcounts *rc, const char *path, int fd,
   uint64_t cluster_size = UINT64_C(1) << h->cluster_bits;
   uint64_t table_bytes = (uint64_t) h->refcount_table_clusters << h->cluster_bits;
   uint8_t *raw = NULL;
-  struct dirtymap *seen = NULL;
   uint64_t i;
 
   memset (rc, 0, sizeof *rc);
@@ -52,24 +86,8 @@ refcounts_load (struct refcounts *rc, const char *path, int fd,
    * any block: aliased entries would make us allocate a cluster of
    * memory per entry for one cluster of the file.
    */
-  seen = dirtymap_new ((file_size >> h->cluster_bits) + 1);
-  if (seen == NULL)
+  if (reftable_decode (rc, raw, file_size) == -1)
     goto err;
-  for (i = 0; i < rc->table_entries; ++i) {
-    if (qcow2_reftable_entry_decode (path, i, raw,
-                                     h->cluster_bits, file_size,
-                                     &rc->table[i]) == -1)
-      goto err;
-    if (rc->table[i] == 0)
-      continue;
-    if (dirtymap_set_range (seen, rc->table[i] >> h->cluster_bits, 1) != 1) {
-      nbdkit_error ("%s: refcount table entry %" PRIu64 " points to the "
-                    "refcount block at 0x%" PRIx64 " that another entry "
-                    "uses too; the sidecar is corrupt", path, i,
-                    rc->table[i]);
-      goto err;
-    }
-  }
   for (i = 0; i < rc->table_entries; ++i) {
     if (rc->table[i] == 0)
       continue;
@@ -84,12 +102,10 @@ refcounts_load (struct refcounts *rc, const char *path, int fd,
       goto err;
   }
   free (raw);
-  dirtymap_free (seen);
   return 0;
 
  err:
   free (raw);
-  dirtymap_free (seen);
   refcounts_free (rc);
   return -1;
 }
