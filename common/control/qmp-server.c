@@ -18,6 +18,10 @@
  *     (no error reply: it would not be read either).
  *   - MAX_CLIENTS at once: a connection beyond that gets one error line
  *     (no greeting) and is closed.
+ *   - NEGOTIATE_TIMEOUT_MS to complete qmp_capabilities: a client still
+ *     not negotiated then gets an error reply and is closed, so that
+ *     connections left idle (a stuck script, a port scanner) cannot
+ *     hold every slot and lock the backup tool out.
  *
  * Input is strict JSON (RFC 8259) in UTF-8: json-c's extensions (NaN,
  * Infinity) are refused, and so are QEMU's (single-quoted strings).
@@ -59,6 +63,7 @@
 #define READ_SIZE 65536
 #define ACCEPTS_PER_ROUND 64
 #define ACCEPT_RETRY_MS 100     /* after EMFILE and the like */
+#define NEGOTIATE_TIMEOUT_MS 5000
 #define OUT_KEEP 65536          /* output buffer kept allocated when empty */
 
 #define TOKENER_FLAGS (JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS \
@@ -72,6 +77,8 @@ struct client {
   size_t in_object;             /* bytes of the incomplete object so far */
   bool skip_line;               /* after a parse error: drop up to '\n' */
   bool negotiated;
+  uint64_t negotiate_by;        /* CLOCK_MONOTONIC ms: closed if not
+                                   negotiated by then */
   bool draining;                /* read no more; close once flushed */
   bool dead;                    /* close at the end of this round */
   char *out;                    /* unsent replies: out[out_start..out_end) */
@@ -352,6 +359,15 @@ client_read (struct qmp_server *srv, struct client *c)
     flush_output (c);
 }
 
+static uint64_t
+now_ms (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return (uint64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static void
 accept_clients (struct qmp_server *srv, bool *paused)
 {
@@ -394,6 +410,7 @@ accept_clients (struct qmp_server *srv, bool *paused)
     json_tokener_set_flags (c->tok, TOKENER_FLAGS);
     c->fd = fd;
     c->id = ++srv->next_id;
+    c->negotiate_by = now_ms () + NEGOTIATE_TIMEOUT_MS;
     srv->clients[srv->nr_clients++] = c;
     nbdkit_debug ("control: client %" PRIu64 ": connected", c->id);
     append_output (c, srv->greeting, strlen (srv->greeting));
@@ -419,6 +436,38 @@ remove_dead (struct qmp_server *srv)
   srv->nr_clients = j;
 }
 
+/* Close the clients that have not negotiated in time; returns how
+ * long poll may wait before the next one is due (-1: none is).
+ */
+static int
+close_unnegotiated (struct qmp_server *srv)
+{
+  const uint64_t now = now_ms ();
+  uint64_t next = UINT64_MAX;
+  size_t i;
+
+  for (i = 0; i < srv->nr_clients; i++) {
+    struct client *c = srv->clients[i];
+
+    if (c->negotiated || c->draining || c->dead)
+      continue;
+    if (now >= c->negotiate_by) {
+      nbdkit_debug ("control: client %" PRIu64 ": no qmp_capabilities "
+                    "within %d ms: disconnecting", c->id,
+                    NEGOTIATE_TIMEOUT_MS);
+      send_reply (c, qmp_error (QMP_ERROR_GENERIC,
+                                "no qmp_capabilities within %d seconds of "
+                                "connecting; closing the connection",
+                                NEGOTIATE_TIMEOUT_MS / 1000));
+      c->draining = true;
+      flush_output (c);
+    }
+    else if (c->negotiate_by < next)
+      next = c->negotiate_by;
+  }
+  return next == UINT64_MAX ? -1 : (int) (next - now);
+}
+
 static void *
 server_thread (void *arg)
 {
@@ -428,8 +477,10 @@ server_thread (void *arg)
   for (;;) {
     nfds_t n = 2;
     size_t i;
-    int r;
+    int r, timeout;
 
+    timeout = close_unnegotiated (srv);
+    remove_dead (srv);
     srv->pfds[0] = (struct pollfd) { .fd = srv->wake_rd, .events = POLLIN };
     srv->pfds[1] = (struct pollfd) { .fd = paused ? -1 : srv->listen_fd,
                                      .events = POLLIN };
@@ -444,7 +495,9 @@ server_thread (void *arg)
       srv->pfds[n++] = (struct pollfd) { .fd = c->fd, .events = events };
     }
 
-    r = poll (srv->pfds, n, paused ? ACCEPT_RETRY_MS : -1);
+    if (paused && (timeout == -1 || timeout > ACCEPT_RETRY_MS))
+      timeout = ACCEPT_RETRY_MS;
+    r = poll (srv->pfds, n, timeout);
     paused = false;
     if (r == -1) {
       const struct timespec ts = { .tv_nsec = ACCEPT_RETRY_MS * 1000000L };
