@@ -32,6 +32,8 @@ tracker_config_free (struct tracker_config *cfg)
   for (i = 0; i < cfg->nr_names; ++i)
     free (cfg->names[i]);
   free (cfg->names);
+  free (cfg->data_path);
+  free (cfg->data_token);
   tracker_config_init (cfg);
 }
 
@@ -140,8 +142,65 @@ tracker_config_set_in_use_policy (struct tracker_config *cfg,
 }
 
 int
+tracker_config_set_data (struct tracker_config *cfg, const char *path)
+{
+  if (cfg->data_path_given) {
+    nbdkit_error ("dirtybitmap-data= given twice: it names the one file or "
+                  "device the bitmaps describe");
+    return -1;
+  }
+  free (cfg->data_path);
+  cfg->data_path = strdup (path);
+  if (cfg->data_path == NULL) {
+    nbdkit_error ("strdup: %m");
+    return -1;
+  }
+  cfg->data_path_given = true;
+  return 0;
+}
+
+int
+tracker_config_note_plugin_file (struct tracker_config *cfg, const char *path)
+{
+  cfg->nr_plugin_files++;
+  if (cfg->data_path_given || cfg->data_path)
+    return 0;                   /* the first one, if it is the only one */
+  cfg->data_path = strdup (path);
+  if (cfg->data_path == NULL) {
+    nbdkit_error ("strdup: %m");
+    return -1;
+  }
+  return 0;
+}
+
+int
+tracker_config_set_data_id (struct tracker_config *cfg, const char *token)
+{
+  if (cfg->data_token) {
+    nbdkit_error ("dirtybitmap-data-id= given twice");
+    return -1;
+  }
+  if (*token == '\0' || strlen (token) > QCOW2_IDENTITY_MAX_TOKEN) {
+    nbdkit_error ("dirtybitmap-data-id=%s: must be 1 to %d bytes", token,
+                  QCOW2_IDENTITY_MAX_TOKEN);
+    return -1;
+  }
+  cfg->data_token = strdup (token);
+  if (cfg->data_token == NULL) {
+    nbdkit_error ("strdup: %m");
+    return -1;
+  }
+  return 0;
+}
+
+int
 tracker_config_check (const struct tracker_config *cfg)
 {
+  if (cfg->data_path_given && cfg->data_token) {
+    nbdkit_error ("dirtybitmap-data= and dirtybitmap-data-id= both given: "
+                  "the data is identified by one of them");
+    return -1;
+  }
   if (cfg->sidecar_path == NULL) {
     nbdkit_error ("dirtybitmap-file=SIDECAR.qcow2 is required: the qcow2 "
                   "file that holds the bitmaps (created if missing)");

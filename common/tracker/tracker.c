@@ -13,6 +13,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "data-identity.h"
 #include "dirtymap.h"
 #include "journal.h"
 #include "qcow2-format.h"
@@ -354,6 +355,8 @@ tracker_validate (struct tracker *t, uint64_t export_size)
     return -1;
   r = check_size (path, sidecar_virtual_size (sc), export_size);
   if (r == 0)
+    r = data_identity_check (t->cfg, sc, &t->identity, &t->have_identity);
+  if (r == 0)
     r = select_bitmaps (t, sc, false) >= 0 ? 0 : -1;
   if (r == 0 && t->cfg->crash_safe) {
     unsigned finest = startup_finest_bits (t->cfg, sc);
@@ -463,13 +466,21 @@ tracker_start_locked (struct tracker *t, uint64_t export_size)
   if (sc == NULL)
     return -1;
   if (check_size (path, sidecar_virtual_size (sc), export_size) == -1 ||
+      data_identity_check (t->cfg, sc, &t->identity, &t->have_identity)
+      == -1 ||
       select_bitmaps (t, sc, true) == -1 ||
       list_stored_bitmaps (sc, &t->bitmaps, &t->nr_bitmaps) == -1)
     goto err;
   finest = tracker_recording_bits (t);
   if (t->cfg->crash_safe && (bits = set_journal_bits (t, sc, finest)) == -1)
     goto err;
-  if (sidecar_begin_tracking (sc) == -1)
+  /* The data as the session found it, which only the filter's writes
+   * may change until the clean stop records it again.
+   */
+  t->identity.flags = QCOW2_IDENTITY_SESSION;
+  if (sidecar_set_identity (sc, t->have_identity ? &t->identity : NULL)
+      == -1 ||
+      sidecar_begin_tracking (sc) == -1)
     goto err;
   if (sidecar_has_journal (sc) && open_journal (t, sc, bits) == -1)
     goto err;
@@ -570,6 +581,32 @@ bool
 tracker_failed (const struct tracker *t)
 {
   return t->failed;
+}
+
+const char *
+tracker_tracked_export (const struct tracker *t)
+{
+  if (!t->started)
+    return NULL;
+  return t->exportname ? t->exportname : "";
+}
+
+void
+tracker_record_identity (struct tracker *t)
+{
+  char why[DATA_IDENTITY_MESSAGE_MAX];
+  int r;
+
+  if (!t->started)
+    return;
+  r = data_identity_take (t->cfg, &t->identity, why);
+  if (r == -1)
+    nbdkit_error ("warning: %s: the data's identity cannot be taken at the "
+                  "stop (%s): the next start checks it against the one "
+                  "taken when this session began, as after a crash",
+                  t->cfg->sidecar_path, why);
+  else if (r == 1 && sidecar_set_identity (t->sidecar, &t->identity) == -1)
+    t->failed = true;
 }
 
 int
