@@ -267,16 +267,16 @@ data_identity_compare (const struct qcow2_identity_ext *recorded,
 }
 
 int
-data_identity_check (const struct tracker_config *cfg, struct sidecar *sc,
-                     struct qcow2_identity_ext *now, bool *have_now)
+data_identity_check (const struct tracker_config *cfg, struct sidecar *sc)
 {
-  struct qcow2_identity_ext recorded;
+  struct qcow2_identity_ext recorded, now;
   char why[DATA_IDENTITY_MESSAGE_MAX] = "", evidence[DATA_IDENTITY_MESSAGE_MAX];
   const char *bad = NULL, *stale;
+  bool have_now;
   int r;
 
-  *have_now = data_identity_take (cfg, now, why) == 1;
-  if (!*have_now && why[0])
+  have_now = data_identity_take (cfg, &now, why) == 1;
+  if (!have_now && why[0])
     nbdkit_debug ("dirtybitmap: the data's identity cannot be taken: %s", why);
   r = sidecar_recorded_identity (sc, &recorded, &bad);
   if (r == 0)
@@ -287,7 +287,7 @@ data_identity_check (const struct tracker_config *cfg, struct sidecar *sc,
     stale = evidence;
   }
   else
-    stale = data_identity_compare (&recorded, *have_now ? now : NULL,
+    stale = data_identity_compare (&recorded, have_now ? &now : NULL,
                                    why[0] ? why : "nothing names the data: "
                                    "give dirtybitmap-data= or "
                                    "dirtybitmap-data-id= as before",
@@ -296,4 +296,27 @@ data_identity_check (const struct tracker_config *cfg, struct sidecar *sc,
     return 0;
   nbdkit_debug ("dirtybitmap: %s: %s", sidecar_path (sc), stale);
   return sidecar_distrust_bitmaps (sc, stale);
+}
+
+int
+data_identity_record (const struct tracker_config *cfg, struct sidecar *sc,
+                      uint32_t flags, bool replace)
+{
+  struct qcow2_identity_ext id;
+  char why[DATA_IDENTITY_MESSAGE_MAX];
+
+  switch (data_identity_take (cfg, &id, why)) {
+  case 1:
+    id.flags = flags;
+    return sidecar_set_identity (sc, &id);
+  case 0:
+    return replace ? sidecar_set_identity (sc, NULL) : 0;
+  default:
+    if (replace)
+      return sidecar_set_identity (sc, NULL);
+    nbdkit_error ("warning: %s: the data's identity cannot be taken (%s): "
+                  "the next start checks it against the one taken before, "
+                  "as after a crash", sidecar_path (sc), why);
+    return 0;
+  }
 }

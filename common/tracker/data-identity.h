@@ -41,15 +41,22 @@ extern const char *data_identity_compare
    const struct qcow2_identity_ext *now, const char *why_none,
    char evidence[DATA_IDENTITY_MESSAGE_MAX]);
 
-/* At open: take the identity into *NOW (*HAVE_NOW says whether there
- * is one), compare it with the sidecar's record, and if the data may
- * have been written without the filter, distrust every bitmap.  -1
- * only on failure to allocate.
+/* At open: take the identity, compare it with the sidecar's record,
+ * and if the data may have been written without the filter, distrust
+ * every bitmap.  -1 only if memory ran out.
  */
 extern int data_identity_check (const struct tracker_config *cfg,
-                                struct sidecar *sc,
-                                struct qcow2_identity_ext *now,
-                                bool *have_now);
+                                struct sidecar *sc);
+
+/* Take the identity now and make it, with FLAGS, the record the next
+ * commit of SC writes.  If none can be taken the record stays as it
+ * is (with a warning), or, at the start of a session (FLAGS has
+ * QCOW2_IDENTITY_SESSION and REPLACE is true), is removed.  -1 only if
+ * memory ran out.
+ */
+extern int data_identity_record (const struct tracker_config *cfg,
+                                 struct sidecar *sc, uint32_t flags,
+                                 bool replace);
 
 /* Parsers of what Linux offers, exposed for the unit test: the
  * counters of a /sys/dev/block/MAJ:MIN/stat line (write I/Os, write

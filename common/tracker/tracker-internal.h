@@ -47,8 +47,6 @@ struct tracker {
   struct journal *journal;      /* durable marks, with crash safety */
   struct tracker_bitmap *bitmaps;
   size_t nr_bitmaps;
-  struct qcow2_identity_ext identity;   /* the data's, at the last open */
-  bool have_identity;
 };
 
 /* Start tracking with the lock held (tracker_start's work). */

@@ -355,7 +355,7 @@ tracker_validate (struct tracker *t, uint64_t export_size)
     return -1;
   r = check_size (path, sidecar_virtual_size (sc), export_size);
   if (r == 0)
-    r = data_identity_check (t->cfg, sc, &t->identity, &t->have_identity);
+    r = data_identity_check (t->cfg, sc);
   if (r == 0)
     r = select_bitmaps (t, sc, false) >= 0 ? 0 : -1;
   if (r == 0 && t->cfg->crash_safe) {
@@ -466,8 +466,7 @@ tracker_start_locked (struct tracker *t, uint64_t export_size)
   if (sc == NULL)
     return -1;
   if (check_size (path, sidecar_virtual_size (sc), export_size) == -1 ||
-      data_identity_check (t->cfg, sc, &t->identity, &t->have_identity)
-      == -1 ||
+      data_identity_check (t->cfg, sc) == -1 ||
       select_bitmaps (t, sc, true) == -1 ||
       list_stored_bitmaps (sc, &t->bitmaps, &t->nr_bitmaps) == -1)
     goto err;
@@ -477,8 +476,7 @@ tracker_start_locked (struct tracker *t, uint64_t export_size)
   /* The data as the session found it, which only the filter's writes
    * may change until the clean stop records it again.
    */
-  t->identity.flags = QCOW2_IDENTITY_SESSION;
-  if (sidecar_set_identity (sc, t->have_identity ? &t->identity : NULL)
+  if (data_identity_record (t->cfg, sc, QCOW2_IDENTITY_SESSION, true)
       == -1 ||
       sidecar_begin_tracking (sc) == -1)
     goto err;
@@ -594,19 +592,10 @@ tracker_tracked_export (const struct tracker *t)
 void
 tracker_record_identity (struct tracker *t)
 {
-  char why[DATA_IDENTITY_MESSAGE_MAX];
-  int r;
-
-  if (!t->started)
-    return;
-  r = data_identity_take (t->cfg, &t->identity, why);
-  if (r == -1)
-    nbdkit_error ("warning: %s: the data's identity cannot be taken at the "
-                  "stop (%s): the next start checks it against the one "
-                  "taken when this session began, as after a crash",
-                  t->cfg->sidecar_path, why);
-  else if (r == 1 && sidecar_set_identity (t->sidecar, &t->identity) == -1)
+  pthread_mutex_lock (&t->lock);
+  if (t->started && data_identity_record (t->cfg, t->sidecar, 0, false) == -1)
     t->failed = true;
+  pthread_mutex_unlock (&t->lock);
 }
 
 int
