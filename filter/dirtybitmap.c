@@ -198,7 +198,7 @@ dirtybitmap_after_fork (nbdkit_backend *backend)
  * on the backend until .cleanup returns.
  */
 static int
-flush_data (nbdkit_backend *backend, const char *exportname)
+flush_data (void *backend, const char *exportname)
 {
   nbdkit_next *next = nbdkit_next_context_open (backend, 0, exportname, 1);
   int r = -1, err = 0;
@@ -217,22 +217,9 @@ flush_data (nbdkit_backend *backend, const char *exportname)
 static void
 dirtybitmap_cleanup (nbdkit_backend *backend)
 {
-  const char *exportname;
-
   qmp_server_stop (control);
   control = NULL;
-  /* The data's identity is recorded only once the data is flushed, so
-   * that it is the one the next start finds.
-   */
-  exportname = tracker_tracked_export (tracker);
-  if (exportname) {
-    if (flush_data (backend, exportname) == 0)
-      tracker_record_identity (tracker);
-    else
-      nbdkit_error ("warning: the data could not be flushed at the stop: "
-                    "its identity is not recorded, and the next start "
-                    "checks it as after a crash");
-  }
+  tracker_record_identity (tracker, flush_data, backend);
   tracker_stop (tracker);     /* failures are kept for the exit status */
 }
 

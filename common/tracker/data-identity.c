@@ -137,6 +137,13 @@ take_path (const char *path, struct qcow2_identity_ext *out,
   return 1;
 }
 
+bool
+data_identity_configured (const struct tracker_config *cfg)
+{
+  return cfg->data_path_given || cfg->data_token ||
+    (cfg->data_path && cfg->nr_plugin_files == 1);
+}
+
 int
 data_identity_take (const struct tracker_config *cfg,
                     struct qcow2_identity_ext *out,
@@ -154,7 +161,7 @@ data_identity_take (const struct tracker_config *cfg,
   /* Plugins that take several file= (split, partitioning) serve
    * something no one file identifies.
    */
-  if (cfg->data_path && cfg->nr_plugin_files == 1)
+  if (data_identity_configured (cfg))
     return take_path (cfg->data_path, out, why);
   return 0;
 }

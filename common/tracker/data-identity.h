@@ -10,6 +10,7 @@
 #ifndef DIRTYBITMAP_DATA_IDENTITY_H
 #define DIRTYBITMAP_DATA_IDENTITY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -29,6 +30,9 @@
 extern int data_identity_take (const struct tracker_config *cfg,
                                struct qcow2_identity_ext *out,
                                char why[DATA_IDENTITY_MESSAGE_MAX]);
+
+/* Whether the configuration names anything that identifies the data. */
+extern bool data_identity_configured (const struct tracker_config *cfg);
 
 /* Whether NOW is explained by RECORDED (NOW NULL: none could be taken,
  * for WHY_NONE): equal to a record of a clean stop; for a record taken

@@ -581,19 +581,23 @@ tracker_failed (const struct tracker *t)
   return t->failed;
 }
 
-const char *
-tracker_tracked_export (const struct tracker *t)
-{
-  if (!t->started)
-    return NULL;
-  return t->exportname ? t->exportname : "";
-}
-
 void
-tracker_record_identity (struct tracker *t)
+tracker_record_identity (struct tracker *t, tracker_flush_fn *flush,
+                         void *opaque)
 {
+  if (!t->started || !data_identity_configured (t->cfg))
+    return;
+  /* The plugin's flush, then the identity, then (tracker_stop) the
+   * sidecar: the identity recorded is the one the next start finds.
+   */
+  if (flush (opaque, t->exportname ? t->exportname : "") == -1) {
+    nbdkit_error ("warning: %s: the data could not be flushed at the stop: "
+                  "its identity is not recorded, and the next start checks "
+                  "it as after a crash", t->cfg->sidecar_path);
+    return;
+  }
   pthread_mutex_lock (&t->lock);
-  if (t->started && data_identity_record (t->cfg, t->sidecar, 0, false) == -1)
+  if (data_identity_record (t->cfg, t->sidecar, 0, false) == -1)
     t->failed = true;
   pthread_mutex_unlock (&t->lock);
 }

@@ -108,14 +108,15 @@ extern int tracker_start (struct tracker *t, uint64_t export_size);
  */
 extern int tracker_mark (struct tracker *t, uint64_t offset, uint64_t count);
 
-/* The export being tracked, or NULL if tracking has not started. */
-extern const char *tracker_tracked_export (const struct tracker *t);
-
-/* Once the data has been flushed after the last request: take its
- * identity for tracker_stop to record.  Without this call (the flush
- * failed), the record of the session's start stays.
+/* At the clean stop, after the last request: if tracking started and
+ * something identifies the data, flush the data with FLUSH (given the
+ * tracked export's name), then take the data's identity for
+ * tracker_stop to record.  If the flush fails, a warning says so and
+ * the record of the session's start stays.
  */
-extern void tracker_record_identity (struct tracker *t);
+typedef int tracker_flush_fn (void *opaque, const char *exportname);
+extern void tracker_record_identity (struct tracker *t,
+                                     tracker_flush_fn *flush, void *opaque);
 
 /* Fold what was recorded into the recording bitmaps and store them,
  * clearing IN_USE.  Called once, after the last request.
