@@ -62,20 +62,30 @@ dirtybitmap_unload (void)
   }
 }
 
+/* SET takes the path VALUE names, made absolute, since nbdkit changes
+ * directory to / once it is ready (resolved, if it MUST_EXIST).
+ */
+static int
+set_path (const char *value, bool must_exist,
+          int (*set) (struct tracker_config *, const char *))
+{
+  char *path = must_exist ? nbdkit_realpath (value)
+    : nbdkit_absolute_path (value);
+  int r;
+
+  if (path == NULL)
+    return -1;
+  r = set (&config, path);
+  free (path);
+  return r;
+}
+
 static int
 dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
                     const char *key, const char *value)
 {
-  if (strcmp (key, "dirtybitmap-file") == 0) {
-    /* nbdkit changes directory to / once it is ready. */
-    char *path = nbdkit_absolute_path (value);
-    int r;
-    if (path == NULL)
-      return -1;
-    r = tracker_config_set_sidecar (&config, path);
-    free (path);
-    return r;
-  }
+  if (strcmp (key, "dirtybitmap-file") == 0)
+    return set_path (value, false, tracker_config_set_sidecar);
   if (strcmp (key, "dirtybitmap") == 0)
     return tracker_config_add_name (&config, value);
   if (strcmp (key, "dirtybitmap-granularity") == 0) {
@@ -99,30 +109,16 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   }
   if (strcmp (key, "dirtybitmap-in-use") == 0)
     return tracker_config_set_in_use_policy (&config, value);
-  if (strcmp (key, "dirtybitmap-data") == 0) {
-    char *path = nbdkit_realpath (value);
-    int r;
-    if (path == NULL)
-      return -1;
-    r = tracker_config_set_data (&config, path);
-    free (path);
-    return r;
-  }
+  if (strcmp (key, "dirtybitmap-data") == 0)
+    return set_path (value, true, tracker_config_set_data);
   if (strcmp (key, "dirtybitmap-data-id") == 0)
     return tracker_config_set_data_id (&config, value);
-  if (strcmp (key, "file") == 0) {
-    /* The file plugin's data (or some other plugin's file=, which the
-     * tracker uses only if it is the only one): noted, and passed on.
-     */
-    char *path = nbdkit_absolute_path (value);
-    int r;
-    if (path == NULL)
-      return -1;
-    r = tracker_config_note_plugin_file (&config, path);
-    free (path);
-    if (r == -1)
-      return -1;
-  }
+  /* The file plugin's data (or some other plugin's file=, which the
+   * tracker uses only if it is the only one): noted, and passed on.
+   */
+  if (strcmp (key, "file") == 0 &&
+      set_path (value, false, tracker_config_note_plugin_file) == -1)
+    return -1;
   if (strcmp (key, "dirtybitmap-control") == 0) {
     if (control_path) {
       nbdkit_error ("dirtybitmap-control= given twice");

@@ -77,13 +77,20 @@ record_crc (const uint8_t *data, size_t covered)
   return crc32 (crc32 (0, Z_NULL, 0), data, covered);
 }
 
+static bool
+record_crc_matches (const struct qcow2_extension *ext)
+{
+  size_t covered = ext->length - 4;
+
+  return load_be32 (&ext->data[covered]) == record_crc (ext->data, covered);
+}
+
 int
 qcow2_journal_ext_decode (const struct qcow2_extension *ext,
                           unsigned cluster_bits,
                           struct qcow2_journal_ext *out, const char **why)
 {
   uint32_t i, n;
-  size_t covered;
 
   memset (out, 0, sizeof *out);
   if (ext->length < QCOW2_JOURNAL_EXT_FIXED) {
@@ -96,8 +103,7 @@ qcow2_journal_ext_decode (const struct qcow2_extension *ext,
     *why = "the crash-safety record's length does not match its count";
     return -1;
   }
-  covered = ext->length - 4;
-  if (load_be32 (&ext->data[covered]) != record_crc (ext->data, covered)) {
+  if (!record_crc_matches (ext)) {
     *why = "the crash-safety record fails its crc32 (torn write)";
     return -1;
   }
@@ -167,8 +173,8 @@ int
 qcow2_identity_ext_decode (const struct qcow2_extension *ext,
                            struct qcow2_identity_ext *out, const char **why)
 {
-  size_t covered, i;
   uint32_t n;
+  size_t i;
 
   memset (out, 0, sizeof *out);
   if (ext->length < QCOW2_IDENTITY_EXT_FIXED) {
@@ -181,8 +187,7 @@ qcow2_identity_ext_decode (const struct qcow2_extension *ext,
     *why = "the data identity record's length does not match its token";
     return -1;
   }
-  covered = ext->length - 4;
-  if (load_be32 (&ext->data[covered]) != record_crc (ext->data, covered)) {
+  if (!record_crc_matches (ext)) {
     *why = "the data identity record fails its crc32 (torn write)";
     return -1;
   }

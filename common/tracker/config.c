@@ -37,6 +37,21 @@ tracker_config_free (struct tracker_config *cfg)
   tracker_config_init (cfg);
 }
 
+/* *FIELD becomes a copy of VALUE. */
+static int
+set_string (char **field, const char *value)
+{
+  char *copy = strdup (value);
+
+  if (copy == NULL) {
+    nbdkit_error ("strdup: %m");
+    return -1;
+  }
+  free (*field);
+  *field = copy;
+  return 0;
+}
+
 int
 tracker_config_set_sidecar (struct tracker_config *cfg, const char *path)
 {
@@ -49,12 +64,7 @@ tracker_config_set_sidecar (struct tracker_config *cfg, const char *path)
                   "sidecar");
     return -1;
   }
-  cfg->sidecar_path = strdup (path);
-  if (cfg->sidecar_path == NULL) {
-    nbdkit_error ("strdup: %m");
-    return -1;
-  }
-  return 0;
+  return set_string (&cfg->sidecar_path, path);
 }
 
 int
@@ -149,12 +159,8 @@ tracker_config_set_data (struct tracker_config *cfg, const char *path)
                   "device the bitmaps describe");
     return -1;
   }
-  free (cfg->data_path);
-  cfg->data_path = strdup (path);
-  if (cfg->data_path == NULL) {
-    nbdkit_error ("strdup: %m");
+  if (set_string (&cfg->data_path, path) == -1)
     return -1;
-  }
   cfg->data_path_given = true;
   return 0;
 }
@@ -165,12 +171,7 @@ tracker_config_note_plugin_file (struct tracker_config *cfg, const char *path)
   cfg->nr_plugin_files++;
   if (cfg->data_path_given || cfg->data_path)
     return 0;                   /* the first one, if it is the only one */
-  cfg->data_path = strdup (path);
-  if (cfg->data_path == NULL) {
-    nbdkit_error ("strdup: %m");
-    return -1;
-  }
-  return 0;
+  return set_string (&cfg->data_path, path);
 }
 
 int
@@ -185,12 +186,7 @@ tracker_config_set_data_id (struct tracker_config *cfg, const char *token)
                   QCOW2_IDENTITY_MAX_TOKEN);
     return -1;
   }
-  cfg->data_token = strdup (token);
-  if (cfg->data_token == NULL) {
-    nbdkit_error ("strdup: %m");
-    return -1;
-  }
-  return 0;
+  return set_string (&cfg->data_token, token);
 }
 
 int
