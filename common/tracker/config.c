@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <nbdkit-filter.h>
 
@@ -168,9 +169,20 @@ tracker_config_set_data (struct tracker_config *cfg, const char *path)
 int
 tracker_config_note_plugin_file (struct tracker_config *cfg, const char *path)
 {
+  struct stat st;
+
   cfg->nr_plugin_files++;
   if (cfg->data_path_given || cfg->data_path)
     return 0;                   /* the first one, if it is the only one */
+  /* Some plugins' file= is no local file (vddk's "[datastore] path"):
+   * such a plugin is one without an identity, not a changed one.
+   */
+  if (stat (path, &st) == -1 || !(S_ISREG (st.st_mode) ||
+                                  S_ISBLK (st.st_mode))) {
+    nbdkit_debug ("dirtybitmap: file=%s is no local file or block device: "
+                  "it does not identify the data", path);
+    return 0;
+  }
   return set_string (&cfg->data_path, path);
 }
 

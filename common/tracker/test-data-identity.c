@@ -64,6 +64,12 @@ test_take (void)
   tracker_config_init (&cfg);
   CHECK (data_identity_take (&cfg, &a, why) == 0);      /* nothing named */
 
+  /* A file= that is no local file (vddk's) identifies nothing. */
+  CHECK (tracker_config_note_plugin_file (&cfg, "/nonexistent/[ds] x.vmdk")
+         == 0);
+  CHECK (!data_identity_configured (&cfg));
+  tracker_config_free (&cfg);
+
   /* One file= is the data; two (split, partitioning) are not. */
   CHECK (tracker_config_note_plugin_file (&cfg, path) == 0);
   CHECK (data_identity_take (&cfg, &a, why) == 1);

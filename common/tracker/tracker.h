@@ -65,7 +65,8 @@ extern int tracker_config_set_crash_granularity (struct tracker_config *cfg,
 extern int tracker_config_set_in_use_policy (struct tracker_config *cfg,
                                              const char *policy);
 /* What identifies the data: dirtybitmap-data=PATH (absolute), the
- * plugin's file=PATH (absolute; used only if it is the only one), or
+ * plugin's file=PATH (absolute; used only if it is the only one and
+ * names a regular file or block device), or
  * dirtybitmap-data-id=TOKEN.
  */
 extern int tracker_config_set_data (struct tracker_config *cfg,
