@@ -62,20 +62,30 @@ dirtybitmap_unload (void)
   }
 }
 
+/* SET takes the path VALUE names, made absolute, since nbdkit changes
+ * directory to / once it is ready (resolved, if it MUST_EXIST).
+ */
+static int
+set_path (const char *value, bool must_exist,
+          int (*set) (struct tracker_config *, const char *))
+{
+  char *path = must_exist ? nbdkit_realpath (value)
+    : nbdkit_absolute_path (value);
+  int r;
+
+  if (path == NULL)
+    return -1;
+  r = set (&config, path);
+  free (path);
+  return r;
+}
+
 static int
 dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
                     const char *key, const char *value)
 {
-  if (strcmp (key, "dirtybitmap-file") == 0) {
-    /* nbdkit changes directory to / once it is ready. */
-    char *path = nbdkit_absolute_path (value);
-    int r;
-    if (path == NULL)
-      return -1;
-    r = tracker_config_set_sidecar (&config, path);
-    free (path);
-    return r;
-  }
+  if (strcmp (key, "dirtybitmap-file") == 0)
+    return set_path (value, false, tracker_config_set_sidecar);
   if (strcmp (key, "dirtybitmap") == 0)
     return tracker_config_add_name (&config, value);
   if (strcmp (key, "dirtybitmap-granularity") == 0) {
@@ -99,6 +109,16 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   }
   if (strcmp (key, "dirtybitmap-in-use") == 0)
     return tracker_config_set_in_use_policy (&config, value);
+  if (strcmp (key, "dirtybitmap-data") == 0)
+    return set_path (value, true, tracker_config_set_data);
+  if (strcmp (key, "dirtybitmap-data-id") == 0)
+    return tracker_config_set_data_id (&config, value);
+  /* The file plugin's data (or some other plugin's file=, which the
+   * tracker uses only if it is the only one): noted, and passed on.
+   */
+  if (strcmp (key, "file") == 0 &&
+      set_path (value, false, tracker_config_note_plugin_file) == -1)
+    return -1;
   if (strcmp (key, "dirtybitmap-control") == 0) {
     if (control_path) {
       nbdkit_error ("dirtybitmap-control= given twice");
@@ -133,6 +153,8 @@ dirtybitmap_config_complete (nbdkit_next_config_complete *next,
   "dirtybitmap-crash-safe=<BOOL>  Keep bitmaps across crashes (default true).\n" \
   "dirtybitmap-crash-granularity=<SIZE> Regions made durable (default 1M).\n" \
   "dirtybitmap-in-use=keep|refuse|reset Bitmaps left in use (default keep).\n" \
+  "dirtybitmap-data=<FILE|DEVICE> The data the bitmaps describe (default: file=).\n" \
+  "dirtybitmap-data-id=<STRING> Identifies the data when no file can.\n" \
   "dirtybitmap-control=<SOCKET> QMP socket to manage bitmaps while serving."
 
 /* Open the default export once, before serving anyone, so that a
@@ -167,11 +189,33 @@ dirtybitmap_after_fork (nbdkit_backend *backend)
   return 0;
 }
 
+/* Flush the data of EXPORTNAME through a context of our own: every
+ * connection is closed by now, and nbdkit 1.32 lets a filter open one
+ * on the backend until .cleanup returns.
+ */
+static int
+flush_data (void *backend, const char *exportname)
+{
+  nbdkit_next *next = nbdkit_next_context_open (backend, 0, exportname, 1);
+  int r = -1, err = 0;
+
+  if (next == NULL)
+    return -1;
+  if (next->prepare (next) != -1) {
+    int can = next->can_flush (next);
+    r = can == 0 ? 0 : can == -1 ? -1 : next->flush (next, 0, &err);
+    next->finalize (next);
+  }
+  nbdkit_next_context_close (next);
+  return r;
+}
+
 static void
 dirtybitmap_cleanup (nbdkit_backend *backend)
 {
   qmp_server_stop (control);
   control = NULL;
+  tracker_record_identity (tracker, flush_data, backend);
   tracker_stop (tracker);     /* failures are kept for the exit status */
 }
 

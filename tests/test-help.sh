@@ -14,7 +14,8 @@ nbdkit_filter memory --help > "$tmpdir/help" 2>&1 || {
 grep -q "^filter: dirtybitmap (nbdkit dirtybitmap filter [0-9.]*)$" "$tmpdir/help" ||
   fail "--help does not name the filter"
 for p in "dirtybitmap-file=<FILE>" "dirtybitmap=<NAME>" \
-         "dirtybitmap-granularity=<SIZE>"; do
+         "dirtybitmap-granularity=<SIZE>" "dirtybitmap-data=<FILE|DEVICE>" \
+         "dirtybitmap-data-id=<STRING>"; do
   grep -qF -- "$p" "$tmpdir/help" || {
     cat "$tmpdir/help" >&2
     fail "--help does not list $p"

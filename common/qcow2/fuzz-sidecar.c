@@ -331,6 +331,43 @@ crash_and_recover (struct sidecar *sc, const struct expect *ex, size_t n)
   sidecar_close (sc);
 }
 
+/* The data identity record some sessions write. */
+static const struct qcow2_identity_ext fuzz_identity = {
+  .kind = QCOW2_IDENTITY_TOKEN, .token_length = 4, .token = "fuzz",
+};
+
+/* A record found in the file reads back as it was encoded. */
+static void
+check_identity_round_trip (struct sidecar *sc)
+{
+  struct qcow2_identity_ext id;
+  const struct qcow2_extension *ext;
+  const char *why;
+  uint8_t buf[QCOW2_IDENTITY_EXT_FIXED + QCOW2_IDENTITY_MAX_TOKEN];
+
+  if (sidecar_recorded_identity (sc, &id, &why) != 1)
+    return;
+  ext = sidecar_find_extension (sc, QCOW2_EXT_IDENTITY);
+  if (qcow2_identity_ext_size (&id) != ext->length)
+    fail ("the identity record decodes to another length");
+  qcow2_identity_ext_encode (&id, buf);
+  if (memcmp (buf, ext->data, ext->length) != 0)
+    fail ("the identity record does not encode back to its bytes");
+}
+
+/* After a store, the identity record set is the one found. */
+static void
+check_identity_stored (struct sidecar *sc)
+{
+  struct qcow2_identity_ext id;
+  const char *why;
+
+  if (sidecar_recorded_identity (sc, &id, &why) != 1 ||
+      id.kind != fuzz_identity.kind ||
+      strcmp (id.token, fuzz_identity.token) != 0)
+    fail ("the data identity record was not stored");
+}
+
 /* One session of the filter's life cycle on a file that the loader
  * accepted: open for writing, track, set bits, begin, store, close,
  * then load again and compare.  The first session may add a bitmap.
@@ -359,6 +396,15 @@ one_session (uint64_t h, bool dirty, bool first)
    */
   if (first && (h & 1))
     sidecar_add_bitmap (sc, NEW_BITMAP_NAME, 9 + (h >> 1) % 23);
+  /* Sometimes the data changed behind the filter's back: every bitmap
+   * on disk must come back in use.  Sometimes a session records the
+   * data's identity.
+   */
+  if (((h >> 15) & 3) == 0 &&
+      sidecar_distrust_bitmaps (sc, "fuzzing") == -1)
+    fail ("sidecar_distrust_bitmaps failed");
+  if (((h >> 17) & 1) && sidecar_set_identity (sc, &fuzz_identity) == -1)
+    fail ("sidecar_set_identity failed");
 
   n = sc->nr_bitmaps;
   ex = calloc (n ? n : 1, sizeof *ex);
@@ -420,6 +466,8 @@ one_session (uint64_t h, bool dirty, bool first)
           "sidecar_store (%s)", began ? "ok" : "failed",
           !began ? "skipped" : stored ? "ok" : "failed");
   verify (sc, ex, n, stored);
+  if (stored && ((h >> 17) & 1))
+    check_identity_stored (sc);
   sidecar_close (sc);
   free_expect (ex, n);
   return stored;
@@ -452,6 +500,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   if (sc == NULL)
     return 0;
   dirty = (sc->header.incompatible_features & QCOW2_INCOMPAT_DIRTY) != 0;
+  check_identity_round_trip (sc);
   for (i = 0; i < sc->nr_bitmaps; ++i) {
     const struct sidecar_bitmap *bm = sc->bitmaps[i];
 

@@ -2,7 +2,8 @@
  * Copyright (C) 2026 The nbdkit-dirtybitmap authors
  */
 
-/* The bitmaps extension, the crash-safety journal record, the bitmap
+/* The bitmaps extension, the filter's two records (crash-safety
+ * journal, data identity), the bitmap
  * directory, bitmap tables and the bit order of bitmap data, and the
  * granularity and size rules of QEMU's persistent bitmaps.  The
  * header and the refcount structures are in qcow2-format.c.
@@ -69,10 +70,19 @@ qcow2_journal_ext_size (uint32_t nr_protected)
   return QCOW2_JOURNAL_EXT_FIXED + (size_t) nr_protected * 8;
 }
 
+/* Both of the filter's records end with the crc32 of what precedes. */
 static uint32_t
-journal_ext_crc (const uint8_t *data, size_t covered)
+record_crc (const uint8_t *data, size_t covered)
 {
   return crc32 (crc32 (0, Z_NULL, 0), data, covered);
+}
+
+static bool
+record_crc_matches (const struct qcow2_extension *ext)
+{
+  size_t covered = ext->length - 4;
+
+  return load_be32 (&ext->data[covered]) == record_crc (ext->data, covered);
 }
 
 int
@@ -81,7 +91,6 @@ qcow2_journal_ext_decode (const struct qcow2_extension *ext,
                           struct qcow2_journal_ext *out, const char **why)
 {
   uint32_t i, n;
-  size_t covered;
 
   memset (out, 0, sizeof *out);
   if (ext->length < QCOW2_JOURNAL_EXT_FIXED) {
@@ -94,8 +103,7 @@ qcow2_journal_ext_decode (const struct qcow2_extension *ext,
     *why = "the crash-safety record's length does not match its count";
     return -1;
   }
-  covered = ext->length - 4;
-  if (load_be32 (&ext->data[covered]) != journal_ext_crc (ext->data, covered)) {
+  if (!record_crc_matches (ext)) {
     *why = "the crash-safety record fails its crc32 (torn write)";
     return -1;
   }
@@ -131,7 +139,95 @@ qcow2_journal_ext_encode (const struct qcow2_journal_ext *in, uint8_t *data)
   store_be64 (&data[8], in->journal_table_offset);
   for (i = 0; i < in->nr_protected; ++i)
     store_be64 (&data[16 + 8 * (size_t) i], in->protected_tables[i]);
-  store_be32 (&data[covered], journal_ext_crc (data, covered));
+  store_be32 (&data[covered], record_crc (data, covered));
+}
+
+size_t
+qcow2_identity_ext_size (const struct qcow2_identity_ext *id)
+{
+  return QCOW2_IDENTITY_EXT_FIXED + id->token_length;
+}
+
+/* The checks a record must pass beyond its crc32. */
+static const char *
+identity_ext_check (const struct qcow2_extension *ext,
+                    const struct qcow2_identity_ext *id)
+{
+  if (load_be32 (&ext->data[0]) != QCOW2_IDENTITY_EXT_VERSION)
+    return "the data identity record has a version this filter does not "
+      "know";
+  if (id->kind < QCOW2_IDENTITY_FILE || id->kind > QCOW2_IDENTITY_TOKEN)
+    return "the data identity record has an unknown kind";
+  if ((id->flags & ~QCOW2_IDENTITY_SESSION) != 0 ||
+      load_be32 (&ext->data[52]) != 0)
+    return "the data identity record has unknown flags or reserved bits set";
+  if (id->ctime_nsec >= 1000000000)
+    return "the data identity record's ctime nanoseconds are out of range";
+  if (memchr (id->token, '\0', id->token_length) != NULL ||
+      (id->kind == QCOW2_IDENTITY_TOKEN) != (id->token_length > 0))
+    return "the data identity record's token is malformed";
+  return NULL;
+}
+
+int
+qcow2_identity_ext_decode (const struct qcow2_extension *ext,
+                           struct qcow2_identity_ext *out, const char **why)
+{
+  uint32_t n;
+  size_t i;
+
+  memset (out, 0, sizeof *out);
+  if (ext->length < QCOW2_IDENTITY_EXT_FIXED) {
+    *why = "the data identity record is truncated";
+    return -1;
+  }
+  n = load_be32 (&ext->data[12]);
+  if (n > QCOW2_IDENTITY_MAX_TOKEN ||
+      ext->length != QCOW2_IDENTITY_EXT_FIXED + n) {
+    *why = "the data identity record's length does not match its token";
+    return -1;
+  }
+  if (!record_crc_matches (ext)) {
+    *why = "the data identity record fails its crc32 (torn write)";
+    return -1;
+  }
+  out->kind = load_be32 (&ext->data[4]);
+  out->flags = load_be32 (&ext->data[8]);
+  out->token_length = n;
+  out->device = load_be64 (&ext->data[16]);
+  out->inode = load_be64 (&ext->data[24]);
+  out->size = load_be64 (&ext->data[32]);
+  out->ctime_sec = (int64_t) load_be64 (&ext->data[40]);
+  out->ctime_nsec = load_be32 (&ext->data[48]);
+  for (i = 0; i < QCOW2_IDENTITY_COUNTERS; ++i)
+    out->counters[i] = load_be64 (&ext->data[56 + 8 * i]);
+  memcpy (out->boot_id, &ext->data[88], sizeof out->boot_id);
+  memcpy (out->token, &ext->data[104], n);
+  out->token[n] = '\0';
+  *why = identity_ext_check (ext, out);
+  return *why ? -1 : 0;
+}
+
+void
+qcow2_identity_ext_encode (const struct qcow2_identity_ext *in, uint8_t *data)
+{
+  size_t covered = qcow2_identity_ext_size (in) - 4, i;
+
+  memset (data, 0, covered + 4);
+  store_be32 (&data[0], QCOW2_IDENTITY_EXT_VERSION);
+  store_be32 (&data[4], in->kind);
+  store_be32 (&data[8], in->flags);
+  store_be32 (&data[12], in->token_length);
+  store_be64 (&data[16], in->device);
+  store_be64 (&data[24], in->inode);
+  store_be64 (&data[32], in->size);
+  store_be64 (&data[40], (uint64_t) in->ctime_sec);
+  store_be32 (&data[48], in->ctime_nsec);
+  for (i = 0; i < QCOW2_IDENTITY_COUNTERS; ++i)
+    store_be64 (&data[56 + 8 * i], in->counters[i]);
+  memcpy (&data[88], in->boot_id, sizeof in->boot_id);
+  memcpy (&data[104], in->token, in->token_length);
+  store_be32 (&data[covered], record_crc (data, covered));
 }
 
 void

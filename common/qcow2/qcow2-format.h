@@ -5,7 +5,8 @@
 /* The qcow2 structures a dirty-bitmap sidecar uses: encoding, decoding
  * and validation of each live together here, and nowhere else: the
  * header, its extensions and the refcount structures in qcow2-format.c,
- * the bitmap structures in qcow2-bitmap-format.c.
+ * the bitmap structures and the filter's two records in
+ * qcow2-bitmap-format.c.
  *
  * Validation follows QEMU's docs/interop/qcow2.txt and the limits QEMU
  * enforces when it opens an image, so that whatever we accept QEMU
@@ -53,6 +54,7 @@
 #define QCOW2_EXT_FEATURE_TABLE     0x6803f857U
 #define QCOW2_EXT_BITMAPS           0x23852875U
 #define QCOW2_EXT_JOURNAL           0x6e62646aU   /* ours: "nbdj" */
+#define QCOW2_EXT_IDENTITY          0x6e626469U   /* ours: "nbdi" */
 
 /* Bitmap limits, as QEMU enforces them on open. */
 #define QCOW2_BITMAP_MAX_COUNT      65535
@@ -185,6 +187,58 @@ extern int qcow2_journal_ext_decode (const struct qcow2_extension *ext,
 /* Encode into DATA, qcow2_journal_ext_size bytes. */
 extern void qcow2_journal_ext_encode (const struct qcow2_journal_ext *in,
                                       uint8_t *data);
+
+/* The filter's record of the data's identity (header extension
+ * QCOW2_EXT_IDENTITY, unknown to QEMU, which keeps it as it is): what
+ * the data the bitmaps describe looked like when the filter last made
+ * them consistent (CLEAN), or when the running session began tracking
+ * (SESSION).  It is about the data, not the sidecar, so no autoclear
+ * bit guards it.  A crc32 covers it; a record that fails any check is
+ * never trusted.  Layout (big-endian):
+ *   0 version   4 kind   8 flags   12 token length
+ *  16 device   24 inode   32 size   40 ctime seconds   48 ctime ns
+ *  52 reserved (0)   56 counters[4]   88 boot id (16 bytes)
+ * 104 token (token length bytes)   then the crc32 of everything before.
+ */
+#define QCOW2_IDENTITY_EXT_VERSION  1
+#define QCOW2_IDENTITY_EXT_FIXED    108 /* everything but the token */
+#define QCOW2_IDENTITY_MAX_TOKEN    256
+#define QCOW2_IDENTITY_COUNTERS     4
+
+enum qcow2_identity_kind {
+  QCOW2_IDENTITY_FILE = 1,      /* a regular file: device, inode, size,
+                                   ctime */
+  QCOW2_IDENTITY_BLOCK = 2,     /* a block device: device, the kernel's
+                                   write and discard counters, boot id */
+  QCOW2_IDENTITY_TOKEN = 3,     /* a string the user gives */
+};
+#define QCOW2_IDENTITY_SESSION      UINT32_C(1) /* flags: taken when a
+                                                   session began */
+
+struct qcow2_identity_ext {
+  uint32_t kind;
+  uint32_t flags;
+  uint64_t device;              /* st_dev of a file, st_rdev of a device */
+  uint64_t inode;
+  uint64_t size;
+  int64_t ctime_sec;
+  uint32_t ctime_nsec;
+  uint64_t counters[QCOW2_IDENTITY_COUNTERS];
+  uint8_t boot_id[16];
+  uint32_t token_length;
+  char token[QCOW2_IDENTITY_MAX_TOKEN + 1];   /* NUL-terminated */
+};
+
+extern size_t qcow2_identity_ext_size (const struct qcow2_identity_ext *id);
+/* Decode EXT into *OUT.  A record that fails its checks is not an
+ * error in the file: returns -1 with *WHY saying what is wrong.
+ */
+extern int qcow2_identity_ext_decode (const struct qcow2_extension *ext,
+                                      struct qcow2_identity_ext *out,
+                                      const char **why);
+/* Encode into DATA, qcow2_identity_ext_size bytes. */
+extern void qcow2_identity_ext_encode (const struct qcow2_identity_ext *in,
+                                       uint8_t *data);
 
 /* One bitmap directory entry (extra data is never accepted: QEMU
  * refuses any, so a sidecar with some is unusable anyway).

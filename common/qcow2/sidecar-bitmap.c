@@ -52,7 +52,7 @@ sidecar_bitmap_at (const struct sidecar *sc, size_t i)
 const char *
 sidecar_distrust_reason (const struct sidecar *sc)
 {
-  return sc->journal_distrust;
+  return sc->stale_evidence ? sc->stale_evidence : sc->journal_distrust;
 }
 
 const char *

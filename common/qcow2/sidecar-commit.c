@@ -389,6 +389,7 @@ release_old_clusters (struct commit *c)
     bm->on_disk = true;
     bm->modified = false;
   }
+  sc->header_changed = false;
   if (drop_bitmap (sc, &sc->old_journal) == -1 ||
       (c->mode != COMMIT_LIVE && drop_bitmap (sc, &sc->journal) == -1))
     return -1;

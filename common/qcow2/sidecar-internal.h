@@ -60,6 +60,11 @@ struct sidecar {
                                          next commit */
   const char *journal_distrust;       /* why a journal record found on
                                          disk is not trusted, or NULL */
+  char *stale_evidence;       /* why the data may have been written
+                                 without the filter, or NULL */
+  bool header_changed;        /* the next commit has more to write than
+                                 the bitmaps: the identity record, or
+                                 IN_USE on distrusted bitmaps */
   struct sidecar_bitmap **removed;    /* dropped at the next commit */
   size_t nr_removed;
   struct refcounts refcounts;

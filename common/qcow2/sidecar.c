@@ -52,6 +52,12 @@
  * stored data plus the journal's marks; the next commit stores it and
  * drops the old journal.
  *
+ * The data's identity (sidecar-identity.c).  A second record of the
+ * filter's, kept across clean stops, holds what the caller says the
+ * data looked like: the caller compares it at open and, if the data
+ * may have been written without the filter, has every bitmap taken as
+ * left in use, so that the in-use policy applies to it.
+ *
  * Files:
  *   sidecar.c          this essay; open, close and the public entry
  *                      points, thin callers of the phases below
@@ -60,6 +66,7 @@
  *   sidecar-load.c     the directory, the tables, the bitmaps' data
  *   sidecar-claims.c   one structure per cluster; leaks reclaimed
  *   sidecar-journal.c  the on-disk journal: find, trust, recover, write
+ *   sidecar-identity.c the data identity record; distrusted bitmaps
  *   sidecar-commit.c   the copy-on-write commit, phase by phase
  *   sidecar-in-use.c   IN_USE flagged in place
  *   sidecar-internal.h what these files share
@@ -117,6 +124,7 @@ sidecar_close (struct sidecar *sc)
   qcow2_extensions_free (sc->exts, sc->nr_exts);
   free (sc->header_raw);
   free (sc->backing_name);
+  free (sc->stale_evidence);
   if (sc->fd >= 0)
     close (sc->fd);
   free (sc->path);
@@ -292,7 +300,7 @@ sidecar_begin_tracking (struct sidecar *sc)
   in_place = sc->dir_size > 0 && sc->journal_bits == 0 &&
     sc->old_journal == NULL &&
     sidecar_find_extension (sc, QCOW2_EXT_JOURNAL) == NULL &&
-    !any_modified (sc);
+    !any_modified (sc) && !sc->header_changed;
   for (i = 0; i < sc->nr_bitmaps; ++i) {
     if (!sc->bitmaps[i]->recording)
       continue;
@@ -300,7 +308,7 @@ sidecar_begin_tracking (struct sidecar *sc)
     if (!sc->bitmaps[i]->on_disk)
       in_place = false;
   }
-  if (!any && sc->journal_bits == 0)
+  if (!any && sc->journal_bits == 0 && !sc->header_changed)
     return 0;
   if (!sc->writable) {
     nbdkit_error ("%s: opened read-only, cannot track writes", sc->path);
@@ -319,7 +327,8 @@ sidecar_store (struct sidecar *sc)
   for (i = 0; i < sc->nr_bitmaps; ++i)
     if (sc->bitmaps[i]->recording)
       return sidecar_commit (sc, COMMIT_STORE);
-  if (any_modified (sc) || sc->journal || sc->old_journal || sc->nr_removed)
+  if (any_modified (sc) || sc->journal || sc->old_journal || sc->nr_removed ||
+      sc->header_changed)
     return sidecar_commit (sc, COMMIT_STORE);
   return 0;
 }

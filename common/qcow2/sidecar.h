@@ -124,7 +124,27 @@ extern size_t sidecar_nr_bitmaps (const struct sidecar *sc);
 extern struct sidecar_bitmap *sidecar_bitmap_at (const struct sidecar *sc,
                                                  size_t i);
 
-/* Why a journal record found on disk is not trusted, or NULL. */
+/* The data identity record (sidecar-identity.c).  Recorded: the one
+ * found at open: 1 with *OUT filled, 0 if there is none, -1 if there
+ * is one that cannot be trusted (*WHY says why).  Set: the record the
+ * next commit writes (NULL: none).
+ */
+extern int sidecar_recorded_identity (struct sidecar *sc,
+                                      struct qcow2_identity_ext *out,
+                                      const char **why);
+extern int sidecar_set_identity (struct sidecar *sc,
+                                 const struct qcow2_identity_ext *id);
+/* The data may have been written without the filter: every bitmap
+ * found consistent or rebuilt from the journal is taken as left in
+ * use, for EVIDENCE (copied; sidecar_distrust_reason returns it).
+ */
+extern int sidecar_distrust_bitmaps (struct sidecar *sc,
+                                     const char *evidence);
+
+/* Why the bitmaps left in use are not trusted (the evidence given to
+ * sidecar_distrust_bitmaps, or why a journal record found on disk is
+ * not trusted), or NULL.
+ */
 extern const char *sidecar_distrust_reason (const struct sidecar *sc);
 
 extern const char *sidecar_bitmap_name (const struct sidecar_bitmap *bm);

@@ -1649,6 +1649,113 @@ test_bitmap_data_bits (void)
   dirtymap_free (map);
 }
 
+/*----------------------------------------------------------------------
+ * The data identity record (QCOW2_EXT_IDENTITY)
+ */
+
+static uint8_t ix_data[QCOW2_IDENTITY_EXT_FIXED + QCOW2_IDENTITY_MAX_TOKEN];
+
+static const char *
+identity_ext_refusal (size_t length)
+{
+  struct qcow2_extension ext = { QCOW2_EXT_IDENTITY, length, ix_data };
+  struct qcow2_identity_ext out;
+  const char *why = NULL;
+
+  CHECK (qcow2_identity_ext_decode (&ext, &out, &why) == -1);
+  CHECK (why != NULL);
+  return why;
+}
+
+static void
+identity_ext_check_refused (size_t length, const char *word)
+{
+  const char *why = identity_ext_refusal (length);
+
+  if (strstr (why, word) == NULL) {
+    fprintf (stderr, "\"%s\" does not mention \"%s\"\n", why, word);
+    exit (EXIT_FAILURE);
+  }
+}
+
+static void
+test_identity_ext (void)
+{
+  struct qcow2_identity_ext in = {
+    .kind = QCOW2_IDENTITY_FILE, .flags = QCOW2_IDENTITY_SESSION,
+    .device = 0x801, .inode = 1234567, .size = UINT64_C(1) << 40,
+    .ctime_sec = 1764600000, .ctime_nsec = 999999999,
+    .counters = { 1, 2, 3, UINT64_MAX }, .boot_id = { 0xde, 0xad },
+  }, out;
+  struct qcow2_extension ext = { QCOW2_EXT_IDENTITY, 0, ix_data };
+  const char *why;
+  size_t len, i;
+
+  CHECK_EQ_U64 (QCOW2_EXT_IDENTITY, 0x6e626469);
+  CHECK (QCOW2_EXT_IDENTITY != QCOW2_EXT_JOURNAL);
+
+  /* Round trip, every field, without a token and with one. */
+  len = qcow2_identity_ext_size (&in);
+  CHECK_EQ_U64 (len, QCOW2_IDENTITY_EXT_FIXED);
+  qcow2_identity_ext_encode (&in, ix_data);
+  ext.length = len;
+  CHECK (qcow2_identity_ext_decode (&ext, &out, &why) == 0);
+  CHECK (out.kind == in.kind && out.flags == in.flags &&
+         out.device == in.device && out.inode == in.inode &&
+         out.size == in.size && out.ctime_sec == in.ctime_sec &&
+         out.ctime_nsec == in.ctime_nsec && out.token_length == 0);
+  CHECK (memcmp (out.counters, in.counters, sizeof in.counters) == 0);
+  CHECK (memcmp (out.boot_id, in.boot_id, sizeof in.boot_id) == 0);
+
+  memset (&in, 0, sizeof in);
+  in.kind = QCOW2_IDENTITY_TOKEN;
+  in.token_length = QCOW2_IDENTITY_MAX_TOKEN;
+  memset (in.token, 'x', in.token_length);
+  len = qcow2_identity_ext_size (&in);
+  qcow2_identity_ext_encode (&in, ix_data);
+  ext.length = len;
+  CHECK (qcow2_identity_ext_decode (&ext, &out, &why) == 0);
+  CHECK (out.token_length == in.token_length &&
+         strcmp (out.token, in.token) == 0);
+
+  /* Every byte flipped is refused (crc32), as is every length. */
+  for (i = 0; i < len; ++i) {
+    ix_data[i] ^= 0x40;
+    identity_ext_refusal (len);
+    ix_data[i] ^= 0x40;
+  }
+  identity_ext_check_refused (len - 1, "length");
+  identity_ext_check_refused (QCOW2_IDENTITY_EXT_FIXED - 1, "truncated");
+
+  /* A valid crc32 does not make a bad record good. */
+#define RECRC(l) \
+  store_be32 (&ix_data[(l) - 4], crc32 (crc32 (0, Z_NULL, 0), ix_data, (l) - 4))
+  store_be32 (&ix_data[0], 2);
+  RECRC (len);
+  identity_ext_check_refused (len, "version");
+  store_be32 (&ix_data[0], 1);
+  store_be32 (&ix_data[4], 4);
+  RECRC (len);
+  identity_ext_check_refused (len, "kind");
+  store_be32 (&ix_data[4], QCOW2_IDENTITY_TOKEN);
+  store_be32 (&ix_data[8], 2);
+  RECRC (len);
+  identity_ext_check_refused (len, "flags");
+  store_be32 (&ix_data[8], 0);
+  store_be32 (&ix_data[48], 1000000000);
+  RECRC (len);
+  identity_ext_check_refused (len, "nanoseconds");
+  store_be32 (&ix_data[48], 0);
+  ix_data[104 + 7] = '\0';
+  RECRC (len);
+  identity_ext_check_refused (len, "token");
+  store_be32 (&ix_data[4], QCOW2_IDENTITY_FILE);
+  ix_data[104 + 7] = 'x';
+  RECRC (len);
+  identity_ext_check_refused (len, "token");
+#undef RECRC
+}
+
 int
 main (void)
 {
@@ -1667,6 +1774,7 @@ main (void)
   test_bitmap_names ();
   test_feature_combinations ();
   test_journal_ext ();
+  test_identity_ext ();
   test_bitmap_data_bits ();
   return EXIT_SUCCESS;
 }

@@ -1019,6 +1019,68 @@ test_reset_in_use (void)
   qemu_img_check ();
 }
 
+/* The data identity record lives across clean stops, and distrusted
+ * bitmaps are stored in use, their data gone, while new ones are not.
+ */
+static void
+test_identity_and_distrust (void)
+{
+  struct qcow2_identity_ext id = {
+    .kind = QCOW2_IDENTITY_FILE, .device = 1, .inode = 2, .size = 3,
+    .ctime_sec = 4, .ctime_nsec = 5,
+  }, got;
+  struct sidecar *sc;
+  struct sidecar_bitmap *bm;
+  const char *why;
+
+  unlink (path);
+  CHECK (sidecar_create (path, UINT64_C(1) << 24) == 0);
+  sc = sidecar_open (path, true);
+  CHECK (sc != NULL);
+  CHECK (sidecar_recorded_identity (sc, &got, &why) == 0);
+  bm = sidecar_add_bitmap (sc, "b0", 16);
+  CHECK (bm != NULL);
+  CHECK (sidecar_begin_tracking (sc) == 0);
+  CHECK (dirtymap_set_range (bm->data, 7, 1) == 1);
+  CHECK (sidecar_set_identity (sc, &id) == 0);
+  CHECK (sidecar_store (sc) == 0);
+  sidecar_close (sc);
+
+  /* Found again; setting the same record changes nothing on disk. */
+  sc = sidecar_open (path, true);
+  CHECK (sc != NULL);
+  CHECK (sidecar_recorded_identity (sc, &got, &why) == 1);
+  CHECK (got.kind == id.kind && got.inode == id.inode &&
+         got.ctime_nsec == id.ctime_nsec);
+  CHECK (sidecar_set_identity (sc, &id) == 0);
+  CHECK (!sc->header_changed);
+
+  /* Distrusted: in use with the evidence, and so stored. */
+  CHECK (sidecar_distrust_bitmaps (sc, "the evidence") == 0);
+  bm = sidecar_find (sc, "b0");
+  CHECK (!sidecar_bitmap_is_consistent (bm) && bm->data == NULL);
+  CHECK (strcmp (sidecar_distrust_reason (sc), "the evidence") == 0);
+  CHECK (sidecar_add_bitmap (sc, "fresh", 16) != NULL);
+  CHECK (sidecar_begin_tracking (sc) == 0);
+  CHECK (sidecar_store (sc) == 0);
+  sidecar_close (sc);
+
+  sc = sidecar_open (path, true);
+  CHECK (sc != NULL);
+  CHECK (sidecar_find (sc, "b0")->inconsistent);
+  CHECK (!sidecar_find (sc, "fresh")->inconsistent);
+  CHECK (sidecar_recorded_identity (sc, &got, &why) == 1);
+  /* Removed by a store with none. */
+  CHECK (sidecar_set_identity (sc, NULL) == 0);
+  CHECK (sc->header_changed);
+  CHECK (sidecar_store (sc) == 0);
+  sidecar_close (sc);
+  sc = sidecar_open (path, false);
+  CHECK (sc != NULL);
+  CHECK (sidecar_recorded_identity (sc, &got, &why) == 0);
+  sidecar_close (sc);
+}
+
 int
 main (void)
 {
@@ -1032,6 +1094,7 @@ main (void)
   test_crash_recovery_fine_journal ();
   test_journal_distrusted ();
   test_reset_in_use ();
+  test_identity_and_distrust ();
   unlink (path);
   rmdir (dir);
   return 0;

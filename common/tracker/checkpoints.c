@@ -17,6 +17,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "data-identity.h"
 #include "qcow2-format.h"
 #include "tracker-internal.h"
 
@@ -473,7 +474,10 @@ commit_stage (struct tracker *t, struct stage *st)
 static int
 commit_live (struct tracker *t, char **error)
 {
-  if (sidecar_commit_live (t->sidecar) == -1)
+  /* A heartbeat: after a crash, the data must be no older than this. */
+  if (data_identity_record (t->cfg, t->sidecar, QCOW2_IDENTITY_SESSION,
+                            false) == -1 ||
+      sidecar_commit_live (t->sidecar) == -1)
     return fail (error, "the change is made in memory but could not be "
                  "stored in %s (see nbdkit's log); the next store retries",
                  sidecar_path (t->sidecar));

@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <nbdkit-filter.h>
 
@@ -32,7 +33,24 @@ tracker_config_free (struct tracker_config *cfg)
   for (i = 0; i < cfg->nr_names; ++i)
     free (cfg->names[i]);
   free (cfg->names);
+  free (cfg->data_path);
+  free (cfg->data_token);
   tracker_config_init (cfg);
+}
+
+/* *FIELD becomes a copy of VALUE. */
+static int
+set_string (char **field, const char *value)
+{
+  char *copy = strdup (value);
+
+  if (copy == NULL) {
+    nbdkit_error ("strdup: %m");
+    return -1;
+  }
+  free (*field);
+  *field = copy;
+  return 0;
 }
 
 int
@@ -47,12 +65,7 @@ tracker_config_set_sidecar (struct tracker_config *cfg, const char *path)
                   "sidecar");
     return -1;
   }
-  cfg->sidecar_path = strdup (path);
-  if (cfg->sidecar_path == NULL) {
-    nbdkit_error ("strdup: %m");
-    return -1;
-  }
-  return 0;
+  return set_string (&cfg->sidecar_path, path);
 }
 
 int
@@ -140,8 +153,62 @@ tracker_config_set_in_use_policy (struct tracker_config *cfg,
 }
 
 int
+tracker_config_set_data (struct tracker_config *cfg, const char *path)
+{
+  if (cfg->data_path_given) {
+    nbdkit_error ("dirtybitmap-data= given twice: it names the one file or "
+                  "device the bitmaps describe");
+    return -1;
+  }
+  if (set_string (&cfg->data_path, path) == -1)
+    return -1;
+  cfg->data_path_given = true;
+  return 0;
+}
+
+int
+tracker_config_note_plugin_file (struct tracker_config *cfg, const char *path)
+{
+  struct stat st;
+
+  cfg->nr_plugin_files++;
+  if (cfg->data_path_given || cfg->data_path)
+    return 0;                   /* the first one, if it is the only one */
+  /* Some plugins' file= is no local file (vddk's "[datastore] path"):
+   * such a plugin is one without an identity, not a changed one.
+   */
+  if (stat (path, &st) == -1 || !(S_ISREG (st.st_mode) ||
+                                  S_ISBLK (st.st_mode))) {
+    nbdkit_debug ("dirtybitmap: file=%s is no local file or block device: "
+                  "it does not identify the data", path);
+    return 0;
+  }
+  return set_string (&cfg->data_path, path);
+}
+
+int
+tracker_config_set_data_id (struct tracker_config *cfg, const char *token)
+{
+  if (cfg->data_token) {
+    nbdkit_error ("dirtybitmap-data-id= given twice");
+    return -1;
+  }
+  if (*token == '\0' || strlen (token) > QCOW2_IDENTITY_MAX_TOKEN) {
+    nbdkit_error ("dirtybitmap-data-id=%s: must be 1 to %d bytes", token,
+                  QCOW2_IDENTITY_MAX_TOKEN);
+    return -1;
+  }
+  return set_string (&cfg->data_token, token);
+}
+
+int
 tracker_config_check (const struct tracker_config *cfg)
 {
+  if (cfg->data_path_given && cfg->data_token) {
+    nbdkit_error ("dirtybitmap-data= and dirtybitmap-data-id= both given: "
+                  "the data is identified by one of them");
+    return -1;
+  }
   if (cfg->sidecar_path == NULL) {
     nbdkit_error ("dirtybitmap-file=SIDECAR.qcow2 is required: the qcow2 "
                   "file that holds the bitmaps (created if missing)");

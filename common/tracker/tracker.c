@@ -13,6 +13,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "data-identity.h"
 #include "dirtymap.h"
 #include "journal.h"
 #include "qcow2-format.h"
@@ -354,6 +355,8 @@ tracker_validate (struct tracker *t, uint64_t export_size)
     return -1;
   r = check_size (path, sidecar_virtual_size (sc), export_size);
   if (r == 0)
+    r = data_identity_check (t->cfg, sc);
+  if (r == 0)
     r = select_bitmaps (t, sc, false) >= 0 ? 0 : -1;
   if (r == 0 && t->cfg->crash_safe) {
     unsigned finest = startup_finest_bits (t->cfg, sc);
@@ -463,13 +466,19 @@ tracker_start_locked (struct tracker *t, uint64_t export_size)
   if (sc == NULL)
     return -1;
   if (check_size (path, sidecar_virtual_size (sc), export_size) == -1 ||
+      data_identity_check (t->cfg, sc) == -1 ||
       select_bitmaps (t, sc, true) == -1 ||
       list_stored_bitmaps (sc, &t->bitmaps, &t->nr_bitmaps) == -1)
     goto err;
   finest = tracker_recording_bits (t);
   if (t->cfg->crash_safe && (bits = set_journal_bits (t, sc, finest)) == -1)
     goto err;
-  if (sidecar_begin_tracking (sc) == -1)
+  /* The data as the session found it, which only the filter's writes
+   * may change until the clean stop records it again.
+   */
+  if (data_identity_record (t->cfg, sc, QCOW2_IDENTITY_SESSION, true)
+      == -1 ||
+      sidecar_begin_tracking (sc) == -1)
     goto err;
   if (sidecar_has_journal (sc) && open_journal (t, sc, bits) == -1)
     goto err;
@@ -570,6 +579,27 @@ bool
 tracker_failed (const struct tracker *t)
 {
   return t->failed;
+}
+
+void
+tracker_record_identity (struct tracker *t, tracker_flush_fn *flush,
+                         void *opaque)
+{
+  if (!t->started || !data_identity_configured (t->cfg))
+    return;
+  /* The plugin's flush, then the identity, then (tracker_stop) the
+   * sidecar: the identity recorded is the one the next start finds.
+   */
+  if (flush (opaque, t->exportname ? t->exportname : "") == -1) {
+    nbdkit_error ("warning: %s: the data could not be flushed at the stop: "
+                  "its identity is not recorded, and the next start checks "
+                  "it as after a crash", t->cfg->sidecar_path);
+    return;
+  }
+  pthread_mutex_lock (&t->lock);
+  if (data_identity_record (t->cfg, t->sidecar, 0, false) == -1)
+    t->failed = true;
+  pthread_mutex_unlock (&t->lock);
 }
 
 int

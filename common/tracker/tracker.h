@@ -44,6 +44,10 @@ struct tracker_config {
   unsigned crash_granularity_bits;  /* 0: the default */
   enum tracker_in_use_policy in_use_policy;
   bool allow_no_bitmaps;        /* bitmaps may come later (control socket) */
+  char *data_path;              /* the data file or device, absolute */
+  bool data_path_given;         /* by dirtybitmap-data=, not file= */
+  unsigned nr_plugin_files;     /* file= seen passing to the plugin */
+  char *data_token;             /* dirtybitmap-data-id= */
 };
 
 extern void tracker_config_init (struct tracker_config *cfg);
@@ -60,6 +64,17 @@ extern int tracker_config_set_crash_granularity (struct tracker_config *cfg,
 /* keep, refuse or reset. */
 extern int tracker_config_set_in_use_policy (struct tracker_config *cfg,
                                              const char *policy);
+/* What identifies the data: dirtybitmap-data=PATH (absolute), the
+ * plugin's file=PATH (absolute; used only if it is the only one and
+ * names a regular file or block device), or
+ * dirtybitmap-data-id=TOKEN.
+ */
+extern int tracker_config_set_data (struct tracker_config *cfg,
+                                    const char *path);
+extern int tracker_config_note_plugin_file (struct tracker_config *cfg,
+                                            const char *path);
+extern int tracker_config_set_data_id (struct tracker_config *cfg,
+                                       const char *token);
 /* All required parameters are there. */
 extern int tracker_config_check (const struct tracker_config *cfg);
 
@@ -93,6 +108,16 @@ extern int tracker_start (struct tracker *t, uint64_t export_size);
  * ran out, EIO if the mark could not be made durable.
  */
 extern int tracker_mark (struct tracker *t, uint64_t offset, uint64_t count);
+
+/* At the clean stop, after the last request: if tracking started and
+ * something identifies the data, flush the data with FLUSH (given the
+ * tracked export's name), then take the data's identity for
+ * tracker_stop to record.  If the flush fails, a warning says so and
+ * the record of the session's start stays.
+ */
+typedef int tracker_flush_fn (void *opaque, const char *exportname);
+extern void tracker_record_identity (struct tracker *t,
+                                     tracker_flush_fn *flush, void *opaque);
 
 /* Fold what was recorded into the recording bitmaps and store them,
  * clearing IN_USE.  Called once, after the last request.
