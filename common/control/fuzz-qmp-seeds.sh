@@ -13,10 +13,11 @@
 # file.  The sidecar each input starts from holds "pristine" (see
 # fuzz-qmp.c).
 #
-# Usage: fuzz-qmp-seeds.sh DIR
+# Usage: fuzz-qmp-seeds.sh DIR [MAX_LEN]
+# (MAX_LEN, the fuzzer's -max_len, is 4096 or more: every seed fits.)
 set -euo pipefail
 
-dir="${1:?usage: fuzz-qmp-seeds.sh DIR}"
+dir="${1:?usage: fuzz-qmp-seeds.sh DIR [MAX_LEN]}"
 mkdir -p "$dir"
 
 NEGOTIATE='{"execute": "qmp_capabilities"}'
