@@ -54,6 +54,7 @@
 
 #include <json-c/json.h>
 
+#include "checked-io.h"
 #include "qmp-commands.h"
 #include "qmp-protocol.h"
 #include "sidecar.h"
@@ -126,22 +127,6 @@ make_pristine (const char *path)
   sidecar_close (sc);
 }
 
-/* Read the LEN bytes of FD from offset 0 into BUF. */
-static void
-read_all (int fd, char *buf, size_t len)
-{
-  size_t done = 0;
-
-  while (done < len) {
-    ssize_t r = pread (fd, buf + done, len - done, done);
-    if (r == -1 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      die ("reading the sidecar");
-    done += r;
-  }
-}
-
 /* In a new directory under BASE: make the first sidecar, keep its
  * bytes, and keep it open, unlinked, as /proc/self/fd/N.
  */
@@ -166,7 +151,9 @@ make_sidecar (const char *base)
   pristine = malloc (pristine_size);
   if (pristine == NULL)
     die ("malloc");
-  read_all (sidecar_fd, pristine, pristine_size);
+  if (read_fully (sidecar_fd, path, "the first sidecar", pristine,
+                  pristine_size, 0) == -1)
+    fail ("cannot read the first sidecar back");
   snprintf (proc_path, sizeof proc_path, "/proc/self/fd/%d", sidecar_fd);
   if (access (proc_path, R_OK | W_OK) == -1)
     die (proc_path);
@@ -197,19 +184,10 @@ LLVMFuzzerInitialize (int *argc, char ***argv)
 static void
 restore_sidecar (void)
 {
-  size_t done = 0;
-
-  if (ftruncate (sidecar_fd, 0) == -1)
-    die ("ftruncate");
-  while (done < pristine_size) {
-    ssize_t r = pwrite (sidecar_fd, pristine + done, pristine_size - done,
-                        done);
-    if (r == -1 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      die ("writing the sidecar");
-    done += r;
-  }
+  if (ftruncate (sidecar_fd, 0) == -1 ||
+      write_fully (sidecar_fd, proc_path, "the first sidecar", pristine,
+                   pristine_size, 0) == -1)
+    fail ("cannot put the first sidecar back");
 }
 
 /* FNV-1a, to derive a write from a request's text. */
