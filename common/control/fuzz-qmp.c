@@ -15,7 +15,8 @@
  *
  * Every reply must serialize, as the server sends it, to valid UTF-8
  * that parses back as JSON, with "return" or "error" (and "id" at
- * most); an error has a "class" and a "desc" string.  After the
+ * most: the request's, unless it could not be echoed); an error has a
+ * "class" and a "desc" string.  After the
  * input, query-dirty-bitmaps must agree with tracker_query and the
  * bitmaps' invariants hold (names unique, granularity a power of two
  * from 512 to 2^31, counts within the export, inconsistent ones
@@ -245,6 +246,28 @@ check_reply (struct json_object *reply)
   json_object_put (back);
 }
 
+/* REPLY carries REQ's "id", if it has one, unless REQ was refused as
+ * one that cannot be echoed (a parse error).
+ */
+static void
+check_id (struct json_object *req, struct json_object *reply)
+{
+  struct json_object *want = NULL, *got = NULL, *err, *desc;
+  bool has_want = json_object_is_type (req, json_type_object) &&
+    json_object_object_get_ex (req, "id", &want);
+  bool has_got = json_object_object_get_ex (reply, "id", &got);
+  const char *text = json_object_to_json_string (reply);
+
+  if (has_got && (!has_want || !json_object_equal (want, got)))
+    fail ("the reply's id is not the request's: %s", text);
+  if (has_want && !has_got &&
+      !(json_object_object_get_ex (reply, "error", &err) &&
+        json_object_object_get_ex (err, "desc", &desc) &&
+        strncmp (json_object_get_string (desc), "JSON parse error, ", 18)
+        == 0))
+    fail ("the reply lost the request's id: %s", text);
+}
+
 /* One request (REQ, TEXT of LEN bytes), its reply checked, then a
  * write derived from the text.
  */
@@ -259,6 +282,7 @@ run_request (struct tracker *t, bool *negotiated, struct json_object *req,
     fprintf (stderr, "fuzz-qmp: -> %.*s\n", (int) len, text);
   reply = qmp_reply_to (req, 0, negotiated, qmp_commands_dispatch, t);
   check_reply (reply);
+  check_id (req, reply);
   json_object_put (reply);
 
   offset = h % EXPORT_SIZE;
