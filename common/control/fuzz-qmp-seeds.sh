@@ -142,13 +142,23 @@ seed add-refused <<'EOF'
 {"execute": "block-dirty-bitmap-add", "arguments": {"name": "n1", "node": "other"}}
 {"execute": "query-dirty-bitmaps"}
 EOF
+# long_names SEED NAME...: adding a bitmap of each name (in two seeds,
+# each within 4096 bytes).
+long_names ()
 {
-  echo "$NEGOTIATE"
-  printf '{"execute": "block-dirty-bitmap-add", "arguments": {"name": "%s"}}\n' \
-    "$(printf 'a%.0s' $(seq 1023))" "$(printf 'a%.0s' $(seq 1024))" \
-    "$(printf '\xc3\xa9%.0s' $(seq 511))b" "$(printf '\xc3\xa9%.0s' $(seq 512))"
-  echo '{"execute": "query-dirty-bitmaps"}'
-} > "$dir/long-names"
+  local seed="$1"
+
+  shift
+  {
+    echo "$NEGOTIATE"
+    printf '{"execute": "block-dirty-bitmap-add", "arguments": {"name": "%s"}}\n' "$@"
+    echo '{"execute": "query-dirty-bitmaps"}'
+  } > "$dir/$seed"
+}
+long_names long-names "$(printf 'a%.0s' $(seq 1023))" \
+  "$(printf 'a%.0s' $(seq 1024))"
+long_names long-names-utf8 "$(printf '\xc3\xa9%.0s' $(seq 511))b" \
+  "$(printf '\xc3\xa9%.0s' $(seq 512))"
 seed missing <<'EOF'
 {"execute": "block-dirty-bitmap-remove", "arguments": {"name": "ghost"}}
 {"execute": "block-dirty-bitmap-clear", "arguments": {"name": "ghost"}}
