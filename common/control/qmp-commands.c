@@ -25,6 +25,7 @@
 
 #include "qmp-commands.h"
 #include "tracker.h"
+#include "utf8.h"
 
 /* One command's arguments, checked as QMP checks them: every key must
  * be known (the command table says which are), of the right type, and
@@ -382,7 +383,19 @@ query (struct args *a, struct tracker *t, const struct command *cmd)
   list = json_object_new_array ();
   for (i = 0; i < n; ++i) {
     struct json_object *o = json_object_new_object ();
-    json_object_object_add (o, "name", json_object_new_string (infos[i].name));
+    /* A name that is not UTF-8 can only come from a sidecar written
+     * by another program: shown escaped, as the man page says.
+     */
+    char *name = utf8_escape_invalid (infos[i].name);
+
+    if (name == NULL) {
+      json_object_put (o);
+      json_object_put (list);
+      tracker_free_infos (infos, n);
+      return error (a, "out of memory");
+    }
+    json_object_object_add (o, "name", json_object_new_string (name));
+    free (name);
     json_object_object_add (o, "granularity",
                             json_object_new_int64 (infos[i].granularity));
     json_object_object_add (o, "recording",

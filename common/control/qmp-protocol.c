@@ -24,6 +24,7 @@
 #include <nbdkit-filter.h>
 
 #include "qmp-protocol.h"
+#include "utf8.h"
 
 struct json_object *
 qmp_return (struct json_object *value)
@@ -41,6 +42,22 @@ qmp_return (struct json_object *value)
   return reply;
 }
 
+/* DESC made valid UTF-8, whatever it quotes: a name from a sidecar
+ * written by another program, the export's name, a client's text cut
+ * by a precision in the middle of a character.  Consumes DESC.
+ */
+static char *
+valid_desc (char *desc)
+{
+  char *escaped;
+
+  if (desc == NULL || utf8_is_valid (desc, strlen (desc)))
+    return desc;
+  escaped = utf8_escape_invalid (desc);
+  free (desc);
+  return escaped;
+}
+
 struct json_object *
 qmp_verror (const char *class, const char *fmt, va_list args)
 {
@@ -50,6 +67,7 @@ qmp_verror (const char *class, const char *fmt, va_list args)
 
   if (vasprintf (&desc, fmt, args) == -1)
     desc = NULL;
+  desc = valid_desc (desc);
   if (reply == NULL || err == NULL || desc == NULL ||
       json_object_object_add (err, "class",
                               json_object_new_string (class)) == -1 ||
@@ -118,34 +136,49 @@ log_name (char *dst, size_t size, const char *name)
   dst[i] = '\0';
 }
 
-/* NaN and infinities parse but are not JSON: refused, so that no
- * reply (an echoed "id", say) ever carries one.
+/* Why the JSON value O cannot be echoed in a reply, or NULL if it can:
+ * NaN and infinities parse but are not JSON, and json-c's UTF-8 check
+ * lets through overlong forms, surrogates and code points past
+ * U+10FFFF, which make a string (or a key) that is not UTF-8.
+ * Requests holding either are refused, so that no reply (an echoed
+ * "id", a name quoted in an error or listed by a query) carries one.
  */
-static bool
-has_non_finite (struct json_object *o)
+static const char *
+unsendable (struct json_object *o)
 {
+  static const char not_utf8[] = "invalid UTF-8 in a string (an overlong "
+    "form, a surrogate or a code point past U+10FFFF)";
+  const char *why = NULL;
   size_t i, n;
 
   switch (json_object_get_type (o)) {
   case json_type_double:
-    return !isfinite (json_object_get_double (o));
+    return isfinite (json_object_get_double (o)) ? NULL
+      : "NaN and Infinity are not JSON numbers";
+  case json_type_string:
+    return utf8_is_valid (json_object_get_string (o),
+                          json_object_get_string_len (o)) ? NULL : not_utf8;
   case json_type_array:
     n = json_object_array_length (o);
-    for (i = 0; i < n; i++)
-      if (has_non_finite (json_object_array_get_idx (o, i)))
-        return true;
-    return false;
+    for (i = 0; why == NULL && i < n; i++)
+      why = unsendable (json_object_array_get_idx (o, i));
+    return why;
   case json_type_object: {
     struct json_object_iterator it = json_object_iter_begin (o);
     struct json_object_iterator end = json_object_iter_end (o);
 
-    for (; !json_object_iter_equal (&it, &end); json_object_iter_next (&it))
-      if (has_non_finite (json_object_iter_peek_value (&it)))
-        return true;
-    return false;
+    for (; why == NULL && !json_object_iter_equal (&it, &end);
+         json_object_iter_next (&it)) {
+      const char *key = json_object_iter_peek_name (&it);
+
+      if (!utf8_is_valid (key, strlen (key)))
+        return not_utf8;
+      why = unsendable (json_object_iter_peek_value (&it));
+    }
+    return why;
   }
   default:
-    return false;
+    return NULL;
   }
 }
 
@@ -304,19 +337,19 @@ qmp_reply_to (struct json_object *req, uint64_t client, bool *negotiated,
               qmp_dispatch_fn *dispatch, void *opaque)
 {
   struct json_object *reply, *id;
+  const char *why;
 
   if (req == NULL || !json_object_is_type (req, json_type_object))
     return qmp_error (QMP_ERROR_GENERIC, "QMP input must be a JSON object");
-  if (has_non_finite (req))
-    reply = qmp_error (QMP_ERROR_GENERIC,
-                       "JSON parse error, NaN and Infinity are not JSON "
-                       "numbers");
+  why = unsendable (req);
+  if (why)
+    reply = qmp_error (QMP_ERROR_GENERIC, "JSON parse error, %s", why);
   else
     reply = execute (req, client, negotiated, dispatch, opaque);
 
   /* Replies to a request carry its id, if any (and if it is JSON). */
   if (reply != NULL && json_object_object_get_ex (req, "id", &id) &&
-      !has_non_finite (id) &&
+      unsendable (id) == NULL &&
       json_object_object_add (reply, "id", json_object_get (id)) == -1) {
     json_object_put (reply);
     return NULL;

@@ -18,6 +18,15 @@
 
 #include <json-c/json.h>
 
+/* How requests are read (json_tokener_set_flags: strict JSON in
+ * UTF-8, any number of objects in one stream) and replies written.
+ */
+#define QMP_TOKENER_FLAGS (JSON_TOKENER_STRICT | \
+                           JSON_TOKENER_ALLOW_TRAILING_CHARS | \
+                           JSON_TOKENER_VALIDATE_UTF8)
+#define QMP_PRINT_FLAGS (JSON_C_TO_STRING_PLAIN | \
+                         JSON_C_TO_STRING_NOSLASHESCAPE)
+
 /* QMP error classes used in replies. */
 #define QMP_ERROR_GENERIC           "GenericError"
 #define QMP_ERROR_COMMAND_NOT_FOUND "CommandNotFound"

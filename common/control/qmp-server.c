@@ -66,10 +66,6 @@
 #define NEGOTIATE_TIMEOUT_MS 5000
 #define OUT_KEEP 65536          /* output buffer kept allocated when empty */
 
-#define TOKENER_FLAGS (JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS \
-                       | JSON_TOKENER_VALIDATE_UTF8)
-#define PRINT_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
-
 struct client {
   int fd;
   uint64_t id;                  /* for debug messages */
@@ -120,8 +116,8 @@ error_text (int err)
 static char *
 json_line (struct json_object *obj)
 {
-  const char *s = obj ? json_object_to_json_string_ext (obj, PRINT_FLAGS)
-    : NULL;
+  const char *s = obj
+    ? json_object_to_json_string_ext (obj, QMP_PRINT_FLAGS) : NULL;
   char *line = NULL;
   size_t len;
 
@@ -240,7 +236,7 @@ send_reply (struct client *c, struct json_object *reply)
     if (c->dead)
       goto out;
   }
-  text = json_object_to_json_string_length (reply, PRINT_FLAGS, &len);
+  text = json_object_to_json_string_length (reply, QMP_PRINT_FLAGS, &len);
   if (text == NULL) {
     nbdkit_debug ("control: client %" PRIu64 ": out of memory for a reply",
                   c->id);
@@ -407,7 +403,7 @@ accept_clients (struct qmp_server *srv, bool *paused)
       close (fd);
       continue;
     }
-    json_tokener_set_flags (c->tok, TOKENER_FLAGS);
+    json_tokener_set_flags (c->tok, QMP_TOKENER_FLAGS);
     c->fd = fd;
     c->id = ++srv->next_id;
     c->negotiate_by = now_ms () + NEGOTIATE_TIMEOUT_MS;

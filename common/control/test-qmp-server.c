@@ -5,7 +5,9 @@
 /* Unit tests for the QMP transport: greeting, negotiation, framing of
  * JSON objects over any pieces of input, error replies, limits, and
  * the socket file's life cycle.  Clients are plain AF_UNIX sockets.
- * Then the command table, through qmp_commands_dispatch directly.
+ * Then the command table, through qmp_commands_dispatch directly, and
+ * replies that must stay valid UTF-8 whatever the input or the sidecar
+ * holds.
  */
 #include <config.h>
 
@@ -30,6 +32,8 @@
 #include "qmp-commands.h"
 #include "qmp-server.h"
 #include "qmp-socket.h"
+#include "sidecar.h"
+#include "tracker.h"
 #include "unit-test.h"
 
 #define BIG_REPLY (1024 * 1024)
@@ -836,6 +840,128 @@ test_command_table (void)
                      "CommandNotFound", "no command named qmp_capabilities");
 }
 
+/* REPLY (consumed) is exactly the JSON text EXPECTED, as sent. */
+static void
+check_reply_text (struct json_object *reply, const char *expected)
+{
+  const char *got;
+
+  CHECK (reply != NULL);
+  got = json_object_to_json_string_ext (reply, QMP_PRINT_FLAGS);
+  if (strcmp (got, expected) != 0) {
+    fprintf (stderr, "got      %s\nexpected %s\n", got, expected);
+    CHECK (false);
+  }
+  json_object_put (reply);
+}
+
+/* The reply to request TEXT, read as the server reads it. */
+static struct json_object *
+reply_to_text (const char *text, bool negotiated, struct tracker *t)
+{
+  struct json_tokener *tok = json_tokener_new ();
+  struct json_object *req, *reply;
+
+  CHECK (tok != NULL);
+  json_tokener_set_flags (tok, QMP_TOKENER_FLAGS);
+  req = json_tokener_parse_ex (tok, text, strlen (text));
+  CHECK (json_tokener_get_error (tok) == json_tokener_success);
+  json_tokener_free (tok);
+  reply = qmp_reply_to (req, 0, &negotiated, qmp_commands_dispatch, t);
+  json_object_put (req);
+  return reply;
+}
+
+#define NOT_UTF8 "{\"error\":{\"class\":\"GenericError\",\"desc\":" \
+  "\"JSON parse error, invalid UTF-8 in a string (an overlong form, a " \
+  "surrogate or a code point past U+10FFFF)\"}"
+
+/* json-c's UTF-8 check lets overlong forms, surrogates and code points
+ * past U+10FFFF through: such requests are refused, and never echoed.
+ */
+static void
+test_utf8_requests (void)
+{
+  char text[128], expected[256], x62[63];
+
+  check_reply_text (reply_to_text ("{\"execute\":\"block-dirty-bitmap-add\","
+                                   "\"arguments\":{\"name\":\"\xc0\xaf\"}}",
+                                   true, NULL), NOT_UTF8 "}");
+  check_reply_text (reply_to_text ("{\"execute\":\"query-dirty-bitmaps\","
+                                   "\"id\":\"\xed\xa0\x80\"}", true, NULL),
+                    NOT_UTF8 "}");
+  check_reply_text (reply_to_text ("{\"execute\":\"x-dirtybitmap-extents\","
+                                   "\"arguments\":{\"\xf4\x90\x80\x80\":1},"
+                                   "\"id\":[7]}", true, NULL),
+                    NOT_UTF8 ",\"id\":[7]}");
+  check_reply_text (reply_to_text ("{\"execute\":\"\xe0\x80\x80\"}", false,
+                                   NULL), NOT_UTF8 "}");
+
+  /* An error quoting 64 bytes of a client's text that end inside a
+   * character: the cut bytes are escaped.
+   */
+  memset (x62, 'x', 62);
+  x62[62] = '\0';
+  snprintf (text, sizeof text, "{\"execute\":\"qmp_capabilities\","
+            "\"arguments\":{\"enable\":[\"%s\xe2\x82\xac\"]}}", x62);
+  snprintf (expected, sizeof expected, "{\"error\":{\"class\":"
+            "\"GenericError\",\"desc\":\"qmp_capabilities: capability "
+            "'%s\\\\xe2\\\\x82' is not offered by this server (the greeting "
+            "lists none)\"}}", x62);
+  check_reply_text (reply_to_text (text, false, NULL), expected);
+  check_reply_text (qmp_error (QMP_ERROR_GENERIC, "no bitmap named '%s'",
+                               "bad\xff"),
+                    "{\"error\":{\"class\":\"GenericError\",\"desc\":"
+                    "\"no bitmap named 'bad\\\\xff'\"}}");
+}
+
+/* A sidecar written by another program may name a bitmap with any
+ * bytes: it loads, and is listed with the bytes that are not UTF-8
+ * escaped.  A name that is not UTF-8 is never added.
+ */
+static void
+test_utf8_sidecar (void)
+{
+  char sidecar_path[300];
+  struct tracker_config cfg;
+  struct tracker *t;
+  struct sidecar *sc;
+  struct json_object *args;
+
+  snprintf (sidecar_path, sizeof sidecar_path, "%s/sidecar.qcow2", dir);
+  CHECK (sidecar_create (sidecar_path, 1 << 20) == 0);
+  sc = sidecar_open (sidecar_path, SIDECAR_WRITABLE);
+  CHECK (sc != NULL);
+  CHECK (sidecar_add_bitmap (sc, "bad\xff\xc3(", 16) != NULL);
+  CHECK (sidecar_begin_tracking (sc) == 0);
+  CHECK (sidecar_store (sc) == 0);
+  sidecar_close (sc);
+
+  tracker_config_init (&cfg);
+  cfg.allow_no_bitmaps = true;
+  CHECK (tracker_config_set_sidecar (&cfg, sidecar_path) == 0);
+  t = tracker_new (&cfg);
+  CHECK (t != NULL);
+  CHECK (tracker_start (t, 1 << 20) == 0);
+  check_reply_text (reply_to_text ("{\"execute\":\"query-dirty-bitmaps\"}",
+                                   true, t),
+                    "{\"return\":[{\"name\":\"bad\\\\xff\\\\xc3(\","
+                    "\"granularity\":65536,\"recording\":true,"
+                    "\"persistent\":true,\"inconsistent\":false,"
+                    "\"busy\":false,\"count\":0}]}");
+  /* Past the protocol's check, the tracker refuses it too. */
+  args = json_tokener_parse ("{}");
+  CHECK (args != NULL);
+  json_object_object_add (args, "name", json_object_new_string ("\xc0\xaf"));
+  check_error_reply (qmp_commands_dispatch (t, "block-dirty-bitmap-add", args),
+                     "GenericError", "Bitmap name must be valid UTF-8");
+  json_object_put (args);
+  CHECK (tracker_stop (t) == 0);
+  tracker_free (t);
+  tracker_config_free (&cfg);
+  CHECK (unlink (sidecar_path) == 0);
+}
+
 int
 main (void)
 {
@@ -864,6 +990,8 @@ main (void)
 
   test_too_many ();
   test_command_table ();
+  test_utf8_requests ();
+  test_utf8_sidecar ();
 
   CHECK (rmdir (dir) == 0);
   clock_gettime (CLOCK_MONOTONIC, &t1);

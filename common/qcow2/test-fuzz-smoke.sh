@@ -3,80 +3,17 @@
 # Copyright (C) 2026 The nbdkit-dirtybitmap authors
 
 # A short run of fuzz-sidecar (the libFuzzer target for the sidecar
-# loader and writer) from the seeds fuzz-seeds.sh makes: any crash,
-# leak, timeout, sanitizer report or broken invariant fails the test.
-# "make fuzz" runs the same fuzzer for longer.
-#
-# Without clang or QEMU's tools the test is skipped, or fails in CI
-# (CI=true), where they must be installed.
+# loader and writer) from the seeds fuzz-seeds.sh makes (see
+# common/utils/fuzz-smoke.sh).  Without QEMU's tools, which make the
+# seeds, the test is skipped, or fails in CI (CI=true).
 set -euo pipefail
 
 : "${srcdir:=$(dirname "$0")}"
-seconds="${FUZZ_SMOKE_SECONDS:-20}"
-max_len="${FUZZ_MAX_LEN:-262144}"
-rss_limit="${FUZZ_RSS_LIMIT_MB:-1024}"
+source "$srcdir/../utils/fuzz-smoke.sh"
 
-missing ()
-{
-  if [ "${CI:-}" = "true" ]; then
-    echo "$0: FAIL: $1 (CI must install it)" >&2
-    exit 1
-  fi
-  echo "$0: SKIP: $1" >&2
-  exit 77
-}
-
-if [ ! -x ./fuzz-sidecar ]; then
-  if [ -z "${CLANG:-}" ]; then
-    command -v clang >/dev/null 2>&1 &&
-      echo "$0: clang is installed now: re-run configure" >&2
-    missing "clang was not found by configure (Debian: clang)"
-  fi
-  probe="$(mktemp "${TMPDIR:-/tmp}/fuzz-probe.XXXXXX")"
-  if ! echo 'int LLVMFuzzerTestOneInput (const char *d, unsigned long n)
-             { return 0; }' |
-       "$CLANG" -fsanitize=fuzzer,address,undefined -x c - -o "$probe" \
-         >/dev/null 2>&1; then
-    rm -f "$probe"
-    missing "$CLANG cannot link with libFuzzer (Debian: libclang-rt-dev)"
-  fi
-  rm -f "$probe"
-  echo "$0: FAIL: ./fuzz-sidecar is not built, though $CLANG works" >&2
-  exit 1
-fi
+fuzz_require_built ./fuzz-sidecar
 for cmd in qemu-img qemu-io; do
   command -v "$cmd" >/dev/null 2>&1 ||
-    missing "$cmd is not installed (Debian: qemu-utils)"
+    fuzz_missing "$cmd is not installed (Debian: qemu-utils)"
 done
-
-tmp="$(mktemp -d "${TMPDIR:-/tmp}/fuzz-smoke.XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
-mkdir "$tmp/seeds" "$tmp/corpus" "$tmp/artifacts"
-"${BASH:-bash}" "$srcdir/fuzz-seeds.sh" "$tmp/seeds" "$max_len"
-
-status=0
-./fuzz-sidecar -max_total_time="$seconds" -max_len="$max_len" \
-  -rss_limit_mb="$rss_limit" -timeout=30 -print_final_stats=1 \
-  -artifact_prefix="$tmp/artifacts/" \
-  "$tmp/corpus" "$tmp/seeds" > "$tmp/log" 2>&1 || status=$?
-
-# libFuzzer's own lines (INITED, pulse, DONE, stats) and any report.
-grep -E '^(#[0-9]+|INFO:|==[0-9]+==|SUMMARY|stat::|fuzz-sidecar:|.*runtime error)' \
-  "$tmp/log" | grep -v -E '^#[0-9]+.*(NEW|REDUCE)' | tail -n 40 || :
-executions=$(awk '/^stat::number_of_executed_units:/ { print $2 }' "$tmp/log")
-echo "$0: ${executions:-?} executions in $seconds s"
-if [ "$status" -ne 0 ]; then
-  echo "$0: FAIL: fuzz-sidecar exited with status $status; full log:" >&2
-  tail -n 100 "$tmp/log" >&2
-  # Keep what it found in fuzz-artifacts/ (see "make fuzz"), and show
-  # it in the log too, for a CI run whose tree is gone.
-  mkdir -p fuzz-artifacts
-  for f in "$tmp"/artifacts/*; do
-    [ -e "$f" ] || continue
-    cp "$f" fuzz-artifacts/
-    echo "$0: reproducer kept as $PWD/fuzz-artifacts/$(basename "$f");" \
-         "replay it with ./fuzz-sidecar FILE; gzip | base64:" >&2
-    gzip -9c "$f" | base64 >&2
-  done
-  exit 1
-fi
+fuzz_smoke ./fuzz-sidecar "$srcdir/fuzz-seeds.sh" 262144

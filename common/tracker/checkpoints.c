@@ -20,6 +20,7 @@
 #include "data-identity.h"
 #include "qcow2-format.h"
 #include "tracker-internal.h"
+#include "utf8.h"
 
 static int
 fail (char **error, const char *fmt, ...)
@@ -251,6 +252,8 @@ prepare_add (struct tracker *t, struct stage *st,
   if (len == 0 || len > QCOW2_BITMAP_MAX_NAME_SIZE)
     return fail (error, "Bitmap name must be 1 to %d bytes long, not %zu",
                  QCOW2_BITMAP_MAX_NAME_SIZE, len);
+  if (!utf8_is_valid (a->name, len))
+    return fail (error, "Bitmap name must be valid UTF-8");
   if (strcmp (a->name, QCOW2_JOURNAL_NAME) == 0)
     return fail (error, "Bitmap name '%s' is reserved for the filter's "
                  "crash-safety journal", a->name);

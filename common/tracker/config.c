@@ -14,6 +14,7 @@
 
 #include "qcow2-format.h"
 #include "tracker.h"
+#include "utf8.h"
 
 void
 tracker_config_init (struct tracker_config *cfg)
@@ -76,6 +77,15 @@ tracker_config_add_name (struct tracker_config *cfg, const char *name)
 
   if (qcow2_bitmap_name_check (name, "dirtybitmap=") == -1)
     return -1;
+  if (!utf8_is_valid (name, strlen (name))) {
+    char *shown = utf8_escape_invalid (name);
+
+    nbdkit_error ("dirtybitmap=%s: the bitmap name is not valid UTF-8 "
+                  "(bytes shown as \\xNN), which QMP clients could not "
+                  "send; choose another", shown ? shown : "");
+    free (shown);
+    return -1;
+  }
   if (strcmp (name, QCOW2_JOURNAL_NAME) == 0) {
     nbdkit_error ("dirtybitmap=%s: that name is reserved for the filter's "
                   "crash-safety journal; choose another", name);

@@ -54,6 +54,14 @@ test_parameters (void)
   CHECK (tracker_config_add_name (&cfg, "a") == 0);
   CHECK (tracker_config_add_name (&cfg, "a") == -1);
   CHECK_ERROR_MENTIONS ("twice");
+  /* Names must be UTF-8 that QMP clients can send (and are shown
+   * escaped when they are not).
+   */
+  CHECK (tracker_config_add_name (&cfg, "bad\xc0\xaf") == -1);
+  CHECK_ERROR_MENTIONS ("dirtybitmap=bad\\xc0\\xaf");
+  CHECK_ERROR_MENTIONS ("not valid UTF-8");
+  CHECK (tracker_config_add_name (&cfg, "\xed\xa0\x80") == -1);
+  CHECK (tracker_config_add_name (&cfg, "\xc3\xa9t\xc3\xa9") == 0);
   CHECK (tracker_config_check (&cfg) == 0);
   tracker_config_free (&cfg);
 }
