@@ -25,7 +25,12 @@
 #    (covered-check.py against loadgen's log).
 # The load: one connection, one request at a time, a fixed seed, so
 # that the dry run (no failure) and the runs killed at each crash
-# point issue the same calls.  The dry run also checks the recorder:
+# point issue the same calls.  With CRASHSTATE_LIVE=1 it comes in two
+# halves, and between them the control socket adds a persistent
+# bitmap, b1, and stores the bitmaps while tracking goes on (the live
+# commit, which keeps the journal): b1, once its addition is
+# acknowledged, is there after run 2, consistent, and holds every
+# request of the second half.  The dry run also checks the recorder:
 # its record, replayed, gives the sidecar the run left.
 #
 #   CRASHSTATE_SEED=N        seed of the crash points and states (printed)
@@ -36,6 +41,11 @@
 #   CRASHSTATE_POINT="K..."  exactly these crash points (sync calls)
 #   CRASHSTATE_STATE=SPEC    with one CRASHSTATE_POINT, exactly this
 #                            state (as printed for a failure)
+#   CRASHSTATE_LIVE=0|1      the load without or with the live commit
+#                            (default: the seed's parity)
+#   CRASHSTATE_LOAD_SEED=N   loadgen's seed (default 20260601)
+#   CRASHSTATE_FILTER_ARGS="A..."  more filter parameters, such as
+#                            dirtybitmap-crash-granularity=16K
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 requires cmp nbdinfo qemu-nbd
 
@@ -50,19 +60,37 @@ size=$((64 * 1024 * 1024))
 seed="${CRASHSTATE_SEED:-$(( (RANDOM << 15) | RANDOM ))}"
 budget="${CRASHSTATE_STATES:-20}"
 per_point="${CRASHSTATE_PER_POINT:-6}"
+live="${CRASHSTATE_LIVE:-$(( seed % 2 ))}"
+load_seed="${CRASHSTATE_LOAD_SEED:-20260601}"
 echo "$0: CRASHSTATE_SEED=$seed CRASHSTATE_STATES=$budget" \
-     "CRASHSTATE_PER_POINT=$per_point"
+     "CRASHSTATE_PER_POINT=$per_point CRASHSTATE_LIVE=$live" \
+     "CRASHSTATE_LOAD_SEED=$load_seed" \
+     "CRASHSTATE_FILTER_ARGS=\"${CRASHSTATE_FILTER_ARGS:-}\""
 
 sidecar="$tmpdir/sidecar.qcow2"
-filter_args=(null $size dirtybitmap-file="$sidecar" dirtybitmap=b0)
+ctl="$tmpdir/ctl"
+filter_args=(null $size dirtybitmap-file="$sidecar" dirtybitmap=b0
+             dirtybitmap-control="$ctl" ${CRASHSTATE_FILTER_ARGS:-})
 uri () { echo "nbd+unix:///?socket=$1"; }
 
 qemu-img create -q -f qcow2 "$tmpdir/initial.qcow2" $size
 qemu-img bitmap --add -g 4K "$tmpdir/initial.qcow2" b4k
 
+# One part of the load, logged in LOG; 1 when loadgen failed (as it
+# does when the power fails while it connects: tracking, and its first
+# commit, start at the first writable connection).
+load ()
+{
+  local sock="$1" requests="$2" seed="$3" log="$4"
+  touch "$log"
+  "$loadgen" -u "$(uri "$sock")" -c 1 -q 1 -n "$requests" -s "$seed" \
+    --max-size 200000 -l "$log" 2>> "$log.err"
+}
+
 # Run 1, recorded, the power failing at call K (0: never), in
-# directory DIR: the record in DIR/record, loadgen's log in
-# DIR/loadgen.log.
+# directory DIR: the record in DIR/record, loadgen's logs in
+# DIR/load1.log and (live) DIR/load2.log, and DIR/b1 if the addition
+# of b1 was acknowledged.
 run_recorded ()
 {
   local k="$1" dir="$2" want=0
@@ -73,18 +101,35 @@ run_recorded ()
                 POWERLOSS_RECORD="$dir/record")
   start_nbdkit_background "$dir/s1" "${filter_args[@]}"
   nbdkit_under=()
-  # (loadgen fails when the power fails while it connects: tracking,
-  # and its first commit, start at the first writable connection.)
-  "$loadgen" -u "$(uri "$dir/s1")" -c 1 -q 1 -n 60 -s 20260601 \
-    --max-size 200000 -l "$dir/loadgen.log" 2> "$dir/loadgen.err" || want=1
-  touch "$dir/loadgen.log"
+  if (( live )); then
+    load "$dir/s1" 30 $load_seed "$dir/load1.log" || want=1
+    if (( ! want )); then
+      # (qmp.py waits for the socket, which is there once tracking
+      # has started.)
+      if /usr/bin/python3 "$abs_top_srcdir/tests/helpers/qmp.py" "$ctl" \
+           block-dirty-bitmap-add '{"name":"b1","persistent":true}' \
+           > "$dir/qmp.out" 2>&1 &&
+         [ "$(head -n 1 "$dir/qmp.out")" = '{"return":{}}' ]; then
+        touch "$dir/b1"
+        /usr/bin/python3 "$abs_top_srcdir/tests/helpers/qmp.py" "$ctl" \
+          x-dirtybitmap-store >> "$dir/qmp.out" 2>&1 || want=1
+      else
+        want=1
+      fi
+    fi
+    (( want )) || load "$dir/s1" 30 $(( load_seed + 1 )) "$dir/load2.log" ||
+      want=1
+  else
+    load "$dir/s1" 60 $load_seed "$dir/load1.log" || want=1
+  fi
+  touch "$dir/load2.log"
   kill -TERM "$nbdkit_pid" 2>/dev/null || :
   wait_nbdkit_exit
   if grep -q "^power failed" "$dir/shim.log" 2>/dev/null; then
     want=137
   elif (( want )); then
-    cat "$dir/loadgen.err" >&2
-    fail "loadgen failed (K=$k)"
+    cat "$dir/"*.err "$dir/qmp.out" >&2
+    fail "the load failed (K=$k)"
   fi
   [ "$status" -eq "$want" ] ||
     fail "run 1 (K=$k) exited with status $status, expected $want:" \
@@ -92,20 +137,31 @@ run_recorded ()
 }
 
 # Does bitmap NAME (granularity G) of the sidecar hold every request
-# acknowledged in LOG?  Prints why not.
+# acknowledged in loadgen's LOGS?  Prints why not.
 covers ()
 {
-  local name="$1" g="$2" log="$3"
+  local name="$1" g="$2"
+  shift 2
   /usr/bin/python3 "$checker" --sidecar "$sidecar" --bitmap "$name" \
-    --granularity "$g" --size $size "$log" > "$tmpdir/covered.out" 2>&1 ||
+    --granularity "$g" --size $size "$@" > "$tmpdir/covered.out" 2>&1 ||
     { echo "bitmap $name: $(head -n 4 "$tmpdir/covered.out")"; return 1; }
 }
 
-# Check the crash state in file STATE, the load's log being LOG.
+# The bitmaps to check, NAME:GRANULARITY:LOGS (the logs of the
+# requests each must hold), for run 1 in directory RUN.
+bitmaps_of ()
+{
+  local run="$1"
+  echo "b0:65536:$run/load1.log,$run/load2.log"
+  echo "b4k:4096:$run/load1.log,$run/load2.log"
+  (( ! live )) || echo "b1:65536:$run/load2.log"
+}
+
+# Check the crash state in file STATE of run 1 in directory RUN.
 # Prints why and returns 1 when the guarantee does not hold.
 check_state ()
 {
-  local state="$1" log="$2" dir="$tmpdir/check" st name g flags
+  local state="$1" run="$2" dir="$tmpdir/check" st name g flags logs
   rm -rf "$dir"
   mkdir "$dir"
   cp "$state" "$sidecar"
@@ -118,11 +174,11 @@ check_state ()
          "$(grep -v '^$' "$dir/check0" | head -n 6)"
     return 1
   fi
-  for name in b0:65536 b4k:4096; do
-    g=${name#*:} name=${name%:*}
+  for name in $(bitmaps_of "$run"); do
+    IFS=: read -r name g logs <<< "$name"
     flags="$(bitmap_flags "$sidecar" $name)"
     if [ "$flags" = "auto $g" ]; then
-      covers $name $g "$log" ||
+      covers $name $g ${logs//,/ } ||
         { echo "(in the crash state, where QEMU takes it as consistent)"
           return 1; }
     fi
@@ -150,15 +206,17 @@ check_state ()
          "$(grep -v '^$' "$dir/check" | head -n 6)"
     return 1
   fi
-  for name in b0:65536 b4k:4096; do
-    g=${name#*:} name=${name%:*}
+  for name in $(bitmaps_of "$run"); do
+    IFS=: read -r name g logs <<< "$name"
     flags="$(bitmap_flags "$sidecar" $name)"
+    # b1 may be absent if its addition was not acknowledged.
+    [ "$name:$flags" != "b1:absent" ] || [ -e "$run/b1" ] || continue
     if [ "$flags" != "auto $g" ]; then
       echo "bitmap $name after run 2 is '$flags', not 'auto $g'" \
            "(run 2 said: $(tail -n 3 "$dir/s2.err"))"
       return 1
     fi
-    covers $name $g "$log" || return 1
+    covers $name $g ${logs//,/ } || return 1
   done
 }
 
@@ -170,10 +228,10 @@ run_recorded 0 "$tmpdir/k0"
 cmp -s "$tmpdir/replayed" "$sidecar" ||
   fail "the record of the dry run, replayed, is not the sidecar it left"
 cp "$sidecar" "$tmpdir/final.qcow2"
-check_state "$tmpdir/final.qcow2" "$tmpdir/k0/loadgen.log" > "$tmpdir/why" ||
+check_state "$tmpdir/final.qcow2" "$tmpdir/k0" > "$tmpdir/why" ||
   fail "dry run: $(cat "$tmpdir/why")"
 /usr/bin/python3 "$replayer" info "$tmpdir/k0/record" > "$tmpdir/points"
-echo "$0: dry run: $(grep -c ' ok$' "$tmpdir/k0/loadgen.log") requests" \
+echo "$0: dry run: $(cat "$tmpdir/k0/"load?.log | grep -c ' ok$') requests" \
      "acknowledged, $(wc -l < "$tmpdir/points") syncs, pending writes" \
      "before them: $(awk '{ n[$2]++ } END { for (p in n) printf "%s:%d ", p, n[p] }' \
                      "$tmpdir/points")($(( SECONDS - start )) s)"
@@ -224,7 +282,7 @@ for k in $points; do
           "$dir/shim.log")"
   ok=0
   while read -r i spec; do
-    if check_state "$dir/states/state-$i" "$dir/loadgen.log" > "$tmpdir/why"
+    if check_state "$dir/states/state-$i" "$dir" > "$tmpdir/why"
     then
       ok=$(( ok + 1 ))
     else
