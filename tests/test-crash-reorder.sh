@@ -46,6 +46,8 @@
 #   CRASHSTATE_LOAD_SEED=N   loadgen's seed (default 20260601)
 #   CRASHSTATE_FILTER_ARGS="A..."  more filter parameters, such as
 #                            dirtybitmap-crash-granularity=16K
+#   CRASHSTATE_KEEP=DIR      copy each failed state, its base and the
+#                            run's files into DIR
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 requires cmp nbdinfo qemu-nbd
 
@@ -174,6 +176,7 @@ check_state ()
          "$(grep -v '^$' "$dir/check0" | head -n 6)"
     return 1
   fi
+  (( st != 3 )) || leaked=$(( leaked + 1 ))
   for name in $(bitmaps_of "$run"); do
     IFS=: read -r name g logs <<< "$name"
     flags="$(bitmap_flags "$sidecar" $name)"
@@ -236,9 +239,11 @@ echo "$0: dry run: $(cat "$tmpdir/k0/"load?.log | grep -c ' ok$') requests" \
      "before them: $(awk '{ n[$2]++ } END { for (p in n) printf "%s:%d ", p, n[p] }' \
                      "$tmpdir/points")($(( SECONDS - start )) s)"
 
-# The crash points: the syncs with more than one write pending (the
-# commits) and those with one (the journal) alternate, two to one,
-# each kind in a random order; every point at most once.
+# The crash points: first those where the header is being written
+# (the commit points: a torn header once lost the journal), then the
+# syncs with more than one write pending (the commits) and those with
+# one (the journal) alternate, two to one, each kind in a random
+# order; every point at most once.
 if [ -n "${CRASHSTATE_POINT:-}" ]; then
   points="$CRASHSTATE_POINT"
 else
@@ -246,8 +251,11 @@ else
 r = random.Random(int(sys.argv[1]))
 many, one = [], []
 for line in open(sys.argv[2]):
-    k, p = map(int, line.split())
-    (many if p > 1 else one if p == 1 else []).append(k)
+    k, p, header = map(int, line.split())
+    if header:
+        print(k)
+    elif p:
+        (many if p > 1 else one).append(k)
 r.shuffle(many); r.shuffle(one)
 while many or one:
     for _ in range(2):
@@ -255,7 +263,7 @@ while many or one:
     if one: print(one.pop())' "$seed" "$tmpdir/points")"
 fi
 
-checked=0 failed=() npoints=0 exhaustive=0 sampled=0
+checked=0 failed=() npoints=0 exhaustive=0 sampled=0 leaked=0
 for k in $points; do
   (( checked < budget )) || break
   dir="$tmpdir/k$k"
@@ -290,6 +298,11 @@ for k in $points; do
       echo "  replay: CRASHSTATE_SEED=$seed CRASHSTATE_POINT=$k" \
            "CRASHSTATE_STATE='$spec' $0"
       failed+=("$k:$spec")
+      if [ -n "${CRASHSTATE_KEEP:-}" ]; then
+        mkdir -p "$CRASHSTATE_KEEP/K$k"
+        cp -r "$dir/states/state-$i" "$dir/states/base" "$dir/record" \
+          "$dir/"*.log "$tmpdir/check" "$CRASHSTATE_KEEP/K$k/"
+      fi
     fi
     checked=$(( checked + 1 ))
   done < <(tail -n +2 "$dir/list")
@@ -299,6 +312,6 @@ for k in $points; do
 done
 echo "$0: $checked states at $npoints crash points ($exhaustive" \
      "exhaustive, $sampled sampled) in $(( SECONDS - start )) s;" \
-     "${#failed[@]} failed"
+     "$leaked leaked clusters (reclaimed by the next run); ${#failed[@]} failed"
 (( ${#failed[@]} == 0 )) ||
   fail "the guarantee failed for ${failed[*]}"

@@ -34,9 +34,10 @@
 #
 # Usage:
 #   crash-states.py info RECORD
-#       one line per successful sync: "CALL PENDING", PENDING the
-#       changes issued since the previous one (a crash at CALL, the
-#       sync not made, leaves them pending)
+#       one line per successful sync: "CALL PENDING HEADER", PENDING
+#       the changes issued since the previous one (a crash at CALL,
+#       the sync not made, leaves them pending), HEADER 1 if one of
+#       them writes the header area (the first 4 KiB), else 0
 #   crash-states.py states INITIAL RECORD DIR [--max N] [--seed S]
 #                   [--only SPEC]
 #       enumerates the distinct states (exhaustively when at most
@@ -362,13 +363,14 @@ def main():
 
     if a.command == "info":
         calls, _ = read_record(a.args[0])
-        pending = 0
-        for call, what, _, _, result, _, data in calls:
+        pending, header = 0, 0
+        for call, what, offset, _, result, _, data in calls:
             if what in SYNCS and result == 0:
-                print(call, pending)
-                pending = 0
+                print(call, pending, header)
+                pending, header = 0, 0
             elif data or what in TRUNCATES:
                 pending += 1
+                header |= data is not None and offset < 4096
         return
 
     initial = open(a.args[0], "rb").read()
