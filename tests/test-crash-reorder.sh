@@ -188,20 +188,7 @@ check_state ()
   done
 
   # Run 2: one writable connection, no write, a clean stop.
-  start_nbdkit_background "$dir/s2" "${filter_args[@]}"
-  if ! /usr/bin/python3 -m nbd -u "$(uri "$dir/s2")" -c 'h.flush()' \
-       2> "$dir/flush.err"; then
-    kill -TERM "$nbdkit_pid" 2>/dev/null || :
-    wait_nbdkit_exit
-    echo "run 2 refused the connection: $(tail -n 3 "$dir/s2.err")"
-    return 1
-  fi
-  kill -TERM "$nbdkit_pid"
-  wait_nbdkit_exit
-  if [ "$status" -ne 0 ]; then
-    echo "run 2 exited with status $status: $(tail -n 3 "$dir/s2.err")"
-    return 1
-  fi
+  restart_after_crash "$dir/s2" "${filter_args[@]}" || return 1
   st=0
   qemu-img check "$sidecar" > "$dir/check" 2>&1 || st=$?
   if [ "$st" -ne 0 ]; then

@@ -112,7 +112,7 @@ def read_record(path):
             data = None
             if what in WRITES and result > 0:
                 data = f.read(result)
-                if len(data) != result:
+                if len(data) != result or f.read(1) != b"\n":
                     die("%s: call %d: truncated data" % (path, call))
             calls.append((call, what, offset, length, result, size, data))
     return calls, crash

@@ -483,7 +483,8 @@ drop_log (struct file *f)
  * do not apply; for ftruncate OFFSET is the new size), RESULT what
  * the call returned, SIZE the file's size after it.  A write that
  * wrote N > 0 bytes is followed by those N bytes, read back from the
- * file under the lock (so they are what the file holds).  A power
+ * file under the lock (so they are what the file holds), and a
+ * newline.  A power
  * failure appends the line "crash CALL", CALL being the call that was
  * not made.  Called with the lock held.
  */
@@ -533,6 +534,7 @@ record_call (const char *what, int fd, long long offset, long long len,
       die ("malloc");
     pread_all (pfd, buf, result, offset);
     record_bytes (buf, result);
+    record_bytes ("\n", 1);
     free (buf);
   }
 }
