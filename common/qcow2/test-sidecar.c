@@ -786,6 +786,21 @@ test_crash_recovery_fine_journal (void)
   dirtymap_free (e9);
 }
 
+/* A new sidecar, open for writing, with a new bitmap "b16" in *BM. */
+static struct sidecar *
+new_sidecar_with_b16 (struct sidecar_bitmap **bm)
+{
+  struct sidecar *sc;
+
+  unlink (path);
+  CHECK (sidecar_create (path, DISK_SIZE) == 0);
+  sc = sidecar_open (path, SIDECAR_WRITABLE);
+  CHECK (sc != NULL);
+  *bm = sidecar_add_bitmap (sc, "b16", 16);
+  CHECK (*bm != NULL);
+  return sc;
+}
+
 /* A fresh sidecar whose bitmap "b16" (bits 100-199 stored) was
  * protected by a 1 MiB journal with bit 3 marked when the session
  * crashed.  Returns the journal's table offset.
@@ -797,12 +812,7 @@ crashed_sidecar (void)
   struct sidecar_bitmap *bm;
   uint64_t journal_table;
 
-  unlink (path);
-  CHECK (sidecar_create (path, DISK_SIZE) == 0);
-  sc = sidecar_open (path, SIDECAR_WRITABLE);
-  CHECK (sc != NULL);
-  bm = sidecar_add_bitmap (sc, "b16", 16);
-  CHECK (bm != NULL);
+  sc = new_sidecar_with_b16 (&bm);
   CHECK (dirtymap_set_range (bm->data, 100, 100) == 1);
   CHECK (sidecar_begin_tracking (sc) == 0);
   CHECK (sidecar_store (sc) == 0);
@@ -1066,12 +1076,7 @@ test_header_changes_one_sector_per_flush (void)
   struct sidecar *sc;
   struct sidecar_bitmap *bm;
 
-  unlink (path);
-  CHECK (sidecar_create (path, DISK_SIZE) == 0);
-  sc = sidecar_open (path, SIDECAR_WRITABLE);
-  CHECK (sc != NULL);
-  bm = sidecar_add_bitmap (sc, "b16", 16);
-  CHECK (bm != NULL);
+  sc = new_sidecar_with_b16 (&bm);
   CHECK (sidecar_add_bitmap (sc, "a-bitmap-with-a-long-name", 16) != NULL);
   sc->journal_bits = 20;
   watched_fd = sc->fd;
