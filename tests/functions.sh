@@ -237,6 +237,33 @@ wait_nbdkit_exit ()
   _cleanup_actions=("${_cleanup_actions[@]}")
 }
 
+# After a crash: start nbdkit with the filter on SOCK (the rest of the
+# arguments are nbdkit's), make one writable connection, which starts
+# tracking and so recovers the bitmaps, and stop nbdkit cleanly.
+# Prints why and returns 1 when nbdkit refuses the connection or does
+# not stop cleanly.
+restart_after_crash ()
+{
+  local sock="$1"
+  shift
+  start_nbdkit_background "$sock" "$@"
+  if ! /usr/bin/python3 -m nbd -u "nbd+unix:///?socket=$sock" \
+       -c 'h.flush()' 2> "$sock.flush.err"; then
+    kill -TERM "$nbdkit_pid" 2>/dev/null || :
+    wait_nbdkit_exit
+    echo "the restart (exit status $status) refused the connection:" \
+         "$(tail -n 3 "$sock.flush.err")"
+    echo "it said: $(tail -n 3 "$sock.err")"
+    return 1
+  fi
+  kill -TERM "$nbdkit_pid"
+  wait_nbdkit_exit
+  if [ "$status" -ne 0 ]; then
+    echo "the restart exited with status $status: $(tail -n 3 "$sock.err")"
+    return 1
+  fi
+}
+
 # The control socket of the nbdkit that start_nbdkit_background started
 # (dirtybitmap-control="$ctl"): wait until it is there.
 wait_control ()

@@ -222,25 +222,7 @@ run_one ()
   fi
 
   # Run 2, without: one writable connection, no write, a clean stop.
-  start_nbdkit_background "$dir/s2" "${filter_args[@]}"
-  if ! /usr/bin/python3 -c 'import nbd, sys
-try:
-    h = nbd.NBD(); h.connect_uri(sys.argv[1]); h.flush(); h.shutdown()
-except nbd.Error as e:
-    sys.exit(str(e))' "$(uri "$dir/s2")" 2> "$dir/flush.err"; then
-    kill -TERM "$nbdkit_pid" 2>/dev/null || :
-    wait_nbdkit_exit
-    echo "run 2 (exit status $status) refused the connection:" \
-         "$(cat "$dir/flush.err")"
-    echo "run 2 said: $(tail -n 3 "$dir/s2.err")"
-    return 1
-  fi
-  kill -TERM "$nbdkit_pid"
-  wait_nbdkit_exit
-  if [ "$status" -ne 0 ]; then
-    echo "run 2 exited with status $status: $(tail -n 3 "$dir/s2.err")"
-    return 1
-  fi
+  restart_after_crash "$dir/s2" "${filter_args[@]}" || return 1
 
   st=0
   qemu-img check "$tmpdir/sidecar.qcow2" > "$dir/check" 2>&1 || st=$?

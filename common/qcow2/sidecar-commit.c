@@ -339,6 +339,7 @@ static int
 commit_header (struct commit *c)
 {
   struct sidecar *sc = c->sc;
+  uint64_t old_autoclear = sc->header.autoclear_features;
 
   if (refcounts_write (&sc->refcounts) == -1 ||
       sync_data (sc->fd, sc->path, "bitmaps") == -1)
@@ -354,7 +355,7 @@ commit_header (struct commit *c)
    * still referenced.
    */
   c->header_written = true;
-  if (sidecar_write_header (sc) == -1 ||
+  if (sidecar_write_header (sc, old_autoclear) == -1 ||
       sync_data (sc->fd, sc->path, "header") == -1)
     return -1;
   return 0;

@@ -168,13 +168,72 @@ sidecar_set_extension (struct sidecar *sc, uint32_t type, const void *data,
   return 0;
 }
 
+/* A disk may tear a write at any sector boundary, and only a sector
+ * is written whole.  Cluster 0 often spans two sectors: QEMU's feature
+ * name table ends at byte 504, so the bitmaps extension's pointer to
+ * the directory and the journal's record lie in the second sector
+ * while the autoclear bits lie in the first.  Written at once, a
+ * power failure could leave a new record beside old autoclear bits,
+ * or the reverse: a record that looks written by another program, and
+ * bitmaps in use that cannot be recovered.  So the area is written in
+ * two parts, first sector and the rest, with a flush between, in the
+ * order that makes the state between them one that opens as the old
+ * commit or the new one:
+ *  - the rest first when the old header does not reach into it (it is
+ *    unused until the first sector, written second, points to it);
+ *  - the first sector first when the new header does not reach beyond
+ *    it (what follows is then unused);
+ *  - otherwise the first sector first when it sets the journal's
+ *    autoclear bit (a bit without a record is harmless: no journal),
+ *    and second when it clears it, so that the record is gone before
+ *    the bit is (a record without the bit is distrusted).
+ * A rest that itself spans several sectors (a record for many
+ * bitmaps, long unknown extensions) can still be torn; tests/
+ * test-crash-reorder.sh says which states this was tested against.
+ */
+#define SECTOR_SIZE 512
+
+/* Write bytes [FROM, TO) of the header area BUF; then flush if SYNC. */
+static int
+write_header_part (struct sidecar *sc, const uint8_t *buf, size_t from,
+                   size_t to, bool sync)
+{
+  if (write_fully (sc->fd, sc->path, from ? "header extensions" : "header",
+                   &buf[from], to - from, from) == -1)
+    return -1;
+  return sync ? sync_data (sc->fd, sc->path, "header") : 0;
+}
+
+static int
+write_header_area (struct sidecar *sc, const uint8_t *buf, size_t len,
+                   size_t used, uint64_t old_autoclear)
+{
+  bool first_sector_first;
+
+  if (len <= SECTOR_SIZE)
+    return write_header_part (sc, buf, 0, len, false);
+  if (sc->header_area <= SECTOR_SIZE)
+    first_sector_first = false;
+  else if (used <= SECTOR_SIZE)
+    first_sector_first = true;
+  else
+    first_sector_first =
+      (sc->header.autoclear_features & ~old_autoclear
+       & QCOW2_AUTOCLEAR_JOURNAL) != 0;
+  if (first_sector_first)
+    return write_header_part (sc, buf, 0, SECTOR_SIZE, true) == -1 ||
+      write_header_part (sc, buf, SECTOR_SIZE, len, false) == -1 ? -1 : 0;
+  return write_header_part (sc, buf, SECTOR_SIZE, len, true) == -1 ||
+    write_header_part (sc, buf, 0, SECTOR_SIZE, false) == -1 ? -1 : 0;
+}
+
 /* Rewrite cluster 0 with the header and the extensions as they stand:
  * the commit point of every change to the bitmaps.  Extensions we do
  * not know, and the backing file name, are written back as they were
- * read.
+ * read.  OLD_AUTOCLEAR: the autoclear bits the header on disk holds.
  */
 int
-sidecar_write_header (struct sidecar *sc)
+sidecar_write_header (struct sidecar *sc, uint64_t old_autoclear)
 {
   size_t used, write_len;
   uint8_t *buf;
@@ -207,7 +266,7 @@ sidecar_write_header (struct sidecar *sc)
   if (sc->backing_name)
     memcpy (&buf[sc->header.backing_file_offset], sc->backing_name,
             sc->header.backing_file_size);
-  if (write_fully (sc->fd, sc->path, "header", buf, write_len, 0) == -1)
+  if (write_header_area (sc, buf, write_len, used, old_autoclear) == -1)
     goto out;
   memcpy (sc->header_raw, buf, sc->header.header_length);
   sc->header_area = used;

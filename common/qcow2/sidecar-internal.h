@@ -83,7 +83,7 @@ extern struct qcow2_extension *sidecar_find_extension (struct sidecar *sc,
                                                        uint32_t type);
 extern int sidecar_set_extension (struct sidecar *sc, uint32_t type,
                                   const void *data, uint32_t length);
-extern int sidecar_write_header (struct sidecar *sc);
+extern int sidecar_write_header (struct sidecar *sc, uint64_t old_autoclear);
 extern int sidecar_write_autoclear (struct sidecar *sc, uint64_t autoclear);
 
 /* sidecar-load.c: the directory, the tables and the data. */

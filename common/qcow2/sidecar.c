@@ -34,7 +34,12 @@
  * allocated and truncates the file back; after it a failure may leak
  * clusters but never frees one still referenced.  Only then are the
  * old clusters released.  The order of these writes and flushes is
- * what tests/test-crash-power-loss.sh sweeps, call by call.
+ * what tests/test-crash-power-loss.sh sweeps, call by call, and
+ * tests/test-crash-reorder.sh with the unflushed writes reordered and
+ * torn.  As a disk writes only a sector whole, a header area longer
+ * than a sector is written in two parts, flushed in between, in the
+ * order that keeps the state between them the old commit or the new
+ * (sidecar-header.c).
  *
  * The exception (sidecar-in-use.c) is QEMU's own way of flagging
  * bitmaps IN_USE when tracking begins and nothing else changes: clear

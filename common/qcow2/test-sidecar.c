@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 
 #include <zlib.h>
 
@@ -785,6 +786,21 @@ test_crash_recovery_fine_journal (void)
   dirtymap_free (e9);
 }
 
+/* A new sidecar, open for writing, with a new bitmap "b16" in *BM. */
+static struct sidecar *
+new_sidecar_with_b16 (struct sidecar_bitmap **bm)
+{
+  struct sidecar *sc;
+
+  unlink (path);
+  CHECK (sidecar_create (path, DISK_SIZE) == 0);
+  sc = sidecar_open (path, SIDECAR_WRITABLE);
+  CHECK (sc != NULL);
+  *bm = sidecar_add_bitmap (sc, "b16", 16);
+  CHECK (*bm != NULL);
+  return sc;
+}
+
 /* A fresh sidecar whose bitmap "b16" (bits 100-199 stored) was
  * protected by a 1 MiB journal with bit 3 marked when the session
  * crashed.  Returns the journal's table offset.
@@ -796,12 +812,7 @@ crashed_sidecar (void)
   struct sidecar_bitmap *bm;
   uint64_t journal_table;
 
-  unlink (path);
-  CHECK (sidecar_create (path, DISK_SIZE) == 0);
-  sc = sidecar_open (path, SIDECAR_WRITABLE);
-  CHECK (sc != NULL);
-  bm = sidecar_add_bitmap (sc, "b16", 16);
-  CHECK (bm != NULL);
+  sc = new_sidecar_with_b16 (&bm);
   CHECK (dirtymap_set_range (bm->data, 100, 100) == 1);
   CHECK (sidecar_begin_tracking (sc) == 0);
   CHECK (sidecar_store (sc) == 0);
@@ -1081,6 +1092,70 @@ test_identity_and_distrust (void)
   sidecar_close (sc);
 }
 
+/* Every fdatasync the sidecar's code makes, while watched: how many
+ * 512-byte sectors of the header area changed since the previous one.
+ * A disk may tear a write between sectors, so the header area must
+ * never change in more than one sector between two flushes (see
+ * sidecar-header.c).
+ */
+#define HEADER_AREA 4096
+static int watched_fd = -1;
+static uint8_t header_then[HEADER_AREA];
+static unsigned header_flushes, torn_header_flushes;
+
+static void
+read_header_area (int fd, uint8_t *buf)
+{
+  memset (buf, 0, HEADER_AREA);
+  CHECK (pread (fd, buf, HEADER_AREA, 0) > 0);
+}
+
+int
+fdatasync (int fd)
+{
+  if (fd == watched_fd) {
+    uint8_t now[HEADER_AREA];
+    unsigned i, changed = 0;
+
+    read_header_area (fd, now);
+    for (i = 0; i < HEADER_AREA / 512; ++i)
+      changed += memcmp (&now[i * 512], &header_then[i * 512], 512) != 0;
+    header_flushes += changed > 0;
+    torn_header_flushes += changed > 1;
+    memcpy (header_then, now, HEADER_AREA);
+  }
+  return syscall (SYS_fdatasync, fd);
+}
+
+/* Beginning with a journal, a live commit and the store, on a header
+ * area longer than a sector: no flush encloses a change to two
+ * sectors of it.  (Found by tests/test-crash-reorder.sh: a torn header
+ * write paired a journal record with old autoclear bits.)
+ */
+static void
+test_header_changes_one_sector_per_flush (void)
+{
+  struct sidecar *sc;
+  struct sidecar_bitmap *bm;
+
+  sc = new_sidecar_with_b16 (&bm);
+  CHECK (sidecar_add_bitmap (sc, "a-bitmap-with-a-long-name", 16) != NULL);
+  sc->journal_bits = 20;
+  watched_fd = sc->fd;
+  read_header_area (sc->fd, header_then);
+  CHECK (sidecar_begin_tracking (sc) == 0);
+  CHECK (sc->header_area > 512);
+  CHECK (sidecar_add_bitmap (sc, "live", 9) != NULL);
+  CHECK (sidecar_commit_live (sc) == 0);
+  CHECK (dirtymap_set_range (bm->data, 7, 1) == 1);
+  CHECK (sidecar_store (sc) == 0);
+  watched_fd = -1;
+  sidecar_close (sc);
+  CHECK (header_flushes >= 3);
+  CHECK_EQ_U64 (torn_header_flushes, 0);
+  qemu_img_check ();
+}
+
 int
 main (void)
 {
@@ -1095,6 +1170,7 @@ main (void)
   test_journal_distrusted ();
   test_reset_in_use ();
   test_identity_and_distrust ();
+  test_header_changes_one_sector_per_flush ();
   unlink (path);
   rmdir (dir);
   return 0;

@@ -19,6 +19,11 @@
  *                        number of counted calls (a process killed by
  *                        other means writes no such line).
  *   POWERLOSS_TRACE=1    optional; also log every counted call.
+ *   POWERLOSS_RECORD=PATH  optional; every counted call is recorded
+ *                        here, in order, with the bytes each write
+ *                        left in the file, for
+ *                        tests/helpers/crash-states.py to replay (the
+ *                        format is below, at record_call).
  *   POWERLOSS_EIO_FLAG=PATH  optional; while a file exists at PATH,
  *                        fsync and fdatasync of the file fail with EIO
  *                        without syncing (the disk's failure, with no
@@ -28,7 +33,9 @@
  * (pwrite, write, pwritev, writev, ftruncate, fallocate,
  * posix_fallocate and their 64-bit variants) or make it durable
  * (fsync, fdatasync).  Both kinds count, so a power failure can fall
- * between a write and the sync that follows it.
+ * between a write and the sync that follows it.  sync_file_range is
+ * counted too, but makes nothing durable: it neither flushes the
+ * disk's cache nor writes the file's metadata.
  *
  * Model: what a write changes is volatile until fsync or fdatasync
  * of the file (through any descriptor) succeeds; the worst case is
@@ -133,6 +140,7 @@ DECLARE_REAL (posix_fallocate);
 DECLARE_REAL (posix_fallocate64);
 DECLARE_REAL (fsync);
 DECLARE_REAL (fdatasync);
+DECLARE_REAL (sync_file_range);
 
 static void *
 real_symbol (const char *name, void **slot)
@@ -178,6 +186,8 @@ static size_t nr_targets;
 static const char *log_path;    /* POWERLOSS_LOG */
 static const char *eio_flag;    /* POWERLOSS_EIO_FLAG */
 static bool trace;              /* POWERLOSS_TRACE */
+static const char *record_path; /* POWERLOSS_RECORD */
+static int record_fd = -1;      /* open on record_path once used */
 static bool seen;               /* a descriptor was ever followed */
 static pid_t owner;             /* the process the constructor ran in */
 
@@ -250,6 +260,9 @@ powerloss_init (void)
   }
   s = getenv ("POWERLOSS_TRACE");
   trace = s && *s && strcmp (s, "0") != 0;
+  record_path = getenv ("POWERLOSS_RECORD");
+  if (record_path && *record_path == '\0')
+    record_path = NULL;
   eio_flag = getenv ("POWERLOSS_EIO_FLAG");
   if (eio_flag && *eio_flag == '\0')
     eio_flag = NULL;
@@ -461,6 +474,71 @@ drop_log (struct file *f)
   f->log_len = 0;
 }
 
+/* The record (POWERLOSS_RECORD): one text line per counted call,
+
+ *   CALL WHAT FILE OFFSET LENGTH RESULT SIZE
+
+ * CALL the call's number, WHAT its name, FILE the followed file
+ * (0 for the first), OFFSET and LENGTH as in the trace (-1 where they
+ * do not apply; for ftruncate OFFSET is the new size), RESULT what
+ * the call returned, SIZE the file's size after it.  A write that
+ * wrote N > 0 bytes is followed by those N bytes, read back from the
+ * file under the lock (so they are what the file holds), and a
+ * newline.  A power
+ * failure appends the line "crash CALL", CALL being the call that was
+ * not made.  Called with the lock held.
+ */
+static void
+record_bytes (const void *buf, size_t len)
+{
+  const char *p = buf;
+
+  if (record_fd == -1) {
+    record_fd = REAL (open) (record_path,
+                             O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
+    if (record_fd == -1)
+      die ("opening POWERLOSS_RECORD");
+  }
+  while (len > 0) {
+    ssize_t r = REAL (write) (record_fd, p, len);
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      die ("writing POWERLOSS_RECORD");
+    p += r;
+    len -= r;
+  }
+}
+
+static void
+record_call (const char *what, int fd, long long offset, long long len,
+             long long result, bool data)
+{
+  struct file *f = file_of (fd);
+  char line[256];
+  struct stat st;
+  int pfd, n;
+
+  if (record_path == NULL)
+    return;
+  pfd = private_fd (f, fd);
+  if (fstat (pfd, &st) == -1)
+    die ("fstat");
+  n = snprintf (line, sizeof line, "%" PRIu64 " %s %td %lld %lld %lld %lld\n",
+                calls, what, f - files, offset, len, result,
+                (long long) st.st_size);
+  record_bytes (line, n);
+  if (data && result > 0) {
+    unsigned char *buf = malloc (result);
+    if (buf == NULL)
+      die ("malloc");
+    pread_all (pfd, buf, result, offset);
+    record_bytes (buf, result);
+    record_bytes ("\n", 1);
+    free (buf);
+  }
+}
+
 /* The power fails: every file loses what was not synced, then the
  * process dies.  Called with the lock held; never returns.
  */
@@ -487,6 +565,11 @@ power_failure (const char *what, int fd)
   }
   log_line ("power failed at call %" PRIu64 " (%s on fd %d): "
             "%zu unsynced changes lost\n", calls, what, fd, undone);
+  if (record_path) {
+    char line[64];
+    int n = snprintf (line, sizeof line, "crash %" PRIu64 "\n", calls);
+    record_bytes (line, n);
+  }
   kill (getpid (), SIGKILL);
   for (;;)
     pause ();
@@ -542,34 +625,44 @@ current_offset (int fd)
 /* The wrappers.  Each takes the fast path unless FD is followed. */
 
 /* A change of [OFFSET, OFFSET+LEN), or with LEN = -1 of everything
- * from OFFSET on; LOGLEN is the length for the trace.
+ * from OFFSET on; LOGLEN is the length for the trace.  DATA: the call
+ * returns how many bytes it wrote at OFFSET, which the record keeps.
+ * OFFSET is evaluated once, before the call (write moves the file
+ * offset).
  */
-#define WRITE_LIKE2(what, fd, offset, len, loglen, call)        \
+#define WRITE_LIKE3(what, fd, offset, len, loglen, data, call)  \
   do {                                                          \
     __typeof__ (call) r_;                                       \
     int e_;                                                     \
+    off_t off_;                                                 \
     pthread_mutex_lock (&lock);                                 \
     if (!is_followed (fd)) {                                    \
       pthread_mutex_unlock (&lock);                             \
       return call;                                              \
     }                                                           \
-    count_call (what, fd, offset, loglen);                      \
-    save_range (fd, offset, len);                               \
+    off_ = (offset);                                            \
+    count_call (what, fd, off_, loglen);                        \
+    save_range (fd, off_, len);                                 \
     r_ = call;                                                  \
     e_ = errno;                                                 \
+    record_call (what, fd, off_, loglen, r_, data);             \
     pthread_mutex_unlock (&lock);                               \
     errno = e_;                                                 \
     return r_;                                                  \
   } while (0)
+#define WRITE_LIKE2(what, fd, offset, len, loglen, call) \
+  WRITE_LIKE3 (what, fd, offset, len, loglen, false, call)
 #define WRITE_LIKE(what, fd, offset, len, call) \
-  WRITE_LIKE2 (what, fd, offset, len, len, call)
+  WRITE_LIKE3 (what, fd, offset, len, len, false, call)
+#define WRITE_DATA(what, fd, offset, len, call) \
+  WRITE_LIKE3 (what, fd, offset, len, len, true, call)
 
 ssize_t
 pwrite (int fd, const void *buf, size_t n, off_t offset)
 {
   if (!is_followed (fd))
     return REAL (pwrite) (fd, buf, n, offset);
-  WRITE_LIKE ("pwrite", fd, offset, (off_t) n,
+  WRITE_DATA ("pwrite", fd, offset, (off_t) n,
               REAL (pwrite) (fd, buf, n, offset));
 }
 
@@ -578,7 +671,7 @@ pwrite64 (int fd, const void *buf, size_t n, off64_t offset)
 {
   if (!is_followed (fd))
     return REAL (pwrite64) (fd, buf, n, offset);
-  WRITE_LIKE ("pwrite64", fd, offset, (off_t) n,
+  WRITE_DATA ("pwrite64", fd, offset, (off_t) n,
               REAL (pwrite64) (fd, buf, n, offset));
 }
 
@@ -587,7 +680,7 @@ pwritev (int fd, const struct iovec *iov, int iovcnt, off_t offset)
 {
   if (!is_followed (fd))
     return REAL (pwritev) (fd, iov, iovcnt, offset);
-  WRITE_LIKE ("pwritev", fd, offset, (off_t) iov_length (iov, iovcnt),
+  WRITE_DATA ("pwritev", fd, offset, (off_t) iov_length (iov, iovcnt),
               REAL (pwritev) (fd, iov, iovcnt, offset));
 }
 
@@ -596,7 +689,7 @@ pwritev64 (int fd, const struct iovec *iov, int iovcnt, off64_t offset)
 {
   if (!is_followed (fd))
     return REAL (pwritev64) (fd, iov, iovcnt, offset);
-  WRITE_LIKE ("pwritev64", fd, offset, (off_t) iov_length (iov, iovcnt),
+  WRITE_DATA ("pwritev64", fd, offset, (off_t) iov_length (iov, iovcnt),
               REAL (pwritev64) (fd, iov, iovcnt, offset));
 }
 
@@ -605,7 +698,7 @@ write (int fd, const void *buf, size_t n)
 {
   if (!is_followed (fd))
     return REAL (write) (fd, buf, n);
-  WRITE_LIKE ("write", fd, current_offset (fd), (off_t) n,
+  WRITE_DATA ("write", fd, current_offset (fd), (off_t) n,
               REAL (write) (fd, buf, n));
 }
 
@@ -614,7 +707,7 @@ writev (int fd, const struct iovec *iov, int iovcnt)
 {
   if (!is_followed (fd))
     return REAL (writev) (fd, iov, iovcnt);
-  WRITE_LIKE ("writev", fd, current_offset (fd),
+  WRITE_DATA ("writev", fd, current_offset (fd),
               (off_t) iov_length (iov, iovcnt),
               REAL (writev) (fd, iov, iovcnt));
 }
@@ -697,6 +790,7 @@ posix_fallocate64 (int fd, off64_t offset, off64_t len)
     }                                                   \
     count_call (what, fd, -1, -1);                      \
     if (eio_flag && access (eio_flag, F_OK) == 0) {     \
+      record_call (what, fd, -1, -1, -1, false);        \
       pthread_mutex_unlock (&lock);                     \
       errno = EIO;                                      \
       return -1;                                        \
@@ -705,6 +799,7 @@ posix_fallocate64 (int fd, off64_t offset, off64_t len)
     e_ = errno;                                         \
     if (r_ == 0)                                        \
       drop_log (file_of (fd));                          \
+    record_call (what, fd, -1, -1, r_, false);          \
     pthread_mutex_unlock (&lock);                       \
     errno = e_;                                         \
     return r_;                                          \
@@ -724,6 +819,30 @@ fdatasync (int fd)
   if (!is_followed (fd))
     return REAL (fdatasync) (fd);
   SYNC_LIKE ("fdatasync", fd, REAL (fdatasync) (fd));
+}
+
+/* Counted and recorded, but no barrier: what it writes back may still
+ * sit in the disk's cache, and the file's size is not written.
+ */
+int
+sync_file_range (int fd, off64_t offset, off64_t nbytes, unsigned int flags)
+{
+  int r, e;
+
+  if (!is_followed (fd))
+    return REAL (sync_file_range) (fd, offset, nbytes, flags);
+  pthread_mutex_lock (&lock);
+  if (!is_followed (fd)) {
+    pthread_mutex_unlock (&lock);
+    return REAL (sync_file_range) (fd, offset, nbytes, flags);
+  }
+  count_call ("sync_file_range", fd, offset, nbytes);
+  r = REAL (sync_file_range) (fd, offset, nbytes, flags);
+  e = errno;
+  record_call ("sync_file_range", fd, offset, nbytes, r, false);
+  pthread_mutex_unlock (&lock);
+  errno = e;
+  return r;
 }
 
 /* Opening.  O_TRUNC on a target becomes a counted ftruncate. */
