@@ -156,8 +156,11 @@ unsendable (struct json_object *o)
     return isfinite (json_object_get_double (o)) ? NULL
       : "NaN and Infinity are not JSON numbers";
   case json_type_string:
-    return utf8_is_valid (json_object_get_string (o),
-                          json_object_get_string_len (o)) ? NULL : not_utf8;
+    n = json_object_get_string_len (o);
+    /* A C string would end at the NUL: "a\u0000b" would name 'a'. */
+    if (memchr (json_object_get_string (o), '\0', n) != NULL)
+      return "\\u0000 is not supported in a string";
+    return utf8_is_valid (json_object_get_string (o), n) ? NULL : not_utf8;
   case json_type_array:
     n = json_object_array_length (o);
     for (i = 0; why == NULL && i < n; i++)

@@ -896,6 +896,15 @@ test_utf8_requests (void)
                     NOT_UTF8 ",\"id\":[7]}");
   check_reply_text (reply_to_text ("{\"execute\":\"\xe0\x80\x80\"}", false,
                                    NULL), NOT_UTF8 "}");
+  /* U+0000 would cut a name short: "pristine\u0000x" is not
+   * "pristine", so it is refused, as QEMU refuses it.
+   */
+  check_reply_text (reply_to_text ("{\"execute\":\"block-dirty-bitmap-remove\","
+                                   "\"arguments\":{\"name\":"
+                                   "\"pristine\\u0000x\"}}", true, NULL),
+                    "{\"error\":{\"class\":\"GenericError\",\"desc\":"
+                    "\"JSON parse error, \\\\u0000 is not supported in a "
+                    "string\"}}");
 
   /* An error quoting 64 bytes of a client's text that end inside a
    * character: the cut bytes are escaped.
