@@ -299,6 +299,7 @@ for k in $points; do
 done
 echo "$0: $checked states at $npoints crash points ($exhaustive" \
      "exhaustive, $sampled sampled) in $(( SECONDS - start )) s;" \
-     "$leaked leaked clusters (reclaimed by the next run); ${#failed[@]} failed"
+     "$leaked with leaked clusters (reclaimed by the next run);" \
+     "${#failed[@]} failed"
 (( ${#failed[@]} == 0 )) ||
   fail "the guarantee failed for ${failed[*]}"
