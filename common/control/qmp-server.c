@@ -54,6 +54,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "checked-io.h"
 #include "qmp-server.h"
 #include "qmp-socket.h"
 
@@ -98,17 +99,6 @@ struct qmp_server {
   struct client *clients[MAX_CLIENTS];
   struct pollfd pfds[MAX_CLIENTS + 2];
 };
-
-/* Untranslated, as in checked-io.c: glibc's locale machinery in a
- * thread of our own is best avoided.
- */
-static const char *
-error_text (int err)
-{
-  const char *text = strerrordesc_np (err);
-
-  return text ? text : "unknown error";
-}
 
 /* JSON text of OBJ (a reference is consumed) followed by CRLF,
  * malloc'd; NULL if out of memory.

@@ -27,6 +27,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "checked-io.h"
 #include "qmp-socket.h"
 
 /* Where the socket is made before it is moved into place. */
@@ -36,17 +37,6 @@ struct private_dir {
   struct sockaddr_un addr;      /* the socket inside DIR */
   bool bound;                   /* the socket file exists in DIR */
 };
-
-/* Untranslated, as in checked-io.c: glibc's locale machinery in a
- * thread of our own is best avoided.
- */
-static const char *
-error_text (int err)
-{
-  const char *text = strerrordesc_np (err);
-
-  return text ? text : "unknown error";
-}
 
 int
 qmp_socket_check_path (const char *path)

@@ -18,7 +18,7 @@
  * better not depend on (under ASan it was once found miscounted by
  * library start-up, and nbdkit hung at exit).
  */
-static const char *
+const char *
 error_text (int err)
 {
   const char *text = strerrordesc_np (err);

@@ -20,4 +20,9 @@ extern int write_fully (int fd, const char *path, const char *what,
                         const void *buf, size_t len, uint64_t offset);
 extern int sync_data (int fd, const char *path, const char *what);
 
+/* The message for errno value ERR, untranslated: glibc's locale
+ * machinery is best kept out of nbdkit's worker threads and ours.
+ */
+extern const char *error_text (int err);
+
 #endif /* DIRTYBITMAP_CHECKED_IO_H */
