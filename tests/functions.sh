@@ -300,3 +300,13 @@ for line in os.environ["RANGES"].split("\n"):
     h.pwrite(fill * length, offset)
 EOF
 }
+
+# The view tests need a filter built with views (issue 10); until the
+# mechanism is merged they are skipped, never failed.
+requires_views ()
+{
+  if ! grep -q x-dirtybitmap-view-add "$FILTER"; then
+    echo "$0: SKIP: this filter has no point-in-time views" >&2
+    exit 77
+  fi
+}
