@@ -205,30 +205,44 @@ def covered(ranges, offset, length):
 
 def _settle(disk, pending, view, ranges):
     """Apply to DISK the prefix of PENDING (one writer's requests in
-    flight at the instant) that VIEW shows (VIEW: offset -> byte at it,
-    through view(offset, length)); return the prefix's length or raise
-    with what the view shows of each request."""
+    flight at the instant) that the view shows (view(offset, length) ->
+    its bytes there); return the prefix's length, or raise with what the
+    view shows of each request.  Sector by sector: only the sectors a
+    request touches change when the prefix grows by it."""
     if not pending:
         return 0
-    lo = min(r.offset for r in pending)
-    hi = max(r.offset + r.length for r in pending)
-    base = bytes(disk[lo:hi])
-    parts = [p for r in pending for p in covered(ranges, r.offset, r.length)]
-    shown = {p: view(*p) for p in parts}
-    state = bytearray(base)
+
+    def sectors(r):
+        for o, l in covered(ranges, r.offset, r.length):
+            yield from range(o // SECTOR, (o + l) // SECTOR)
+
+    shown, state = {}, {}
+    for r in pending:
+        for s in sectors(r):
+            if s not in shown:
+                shown[s] = view(s * SECTOR, SECTOR)
+                state[s] = bytes(disk[s * SECTOR:(s + 1) * SECTOR])
+    wrong = {s for s in shown if state[s] != shown[s]}
     for j in range(len(pending) + 1):
-        if j:
-            pending[j - 1].apply(state, lo)
-        if all(state[o - lo:o - lo + l] == shown[(o, l)] for o, l in parts):
+        if not wrong:
             for r in pending[:j]:
                 r.apply(disk)
             return j
+        if j == len(pending):
+            break
+        r = pending[j]
+        for s in sectors(r):
+            state[s] = sector_stamp(r.rid, s) if r.kind == "write" \
+                else bytes(SECTOR)
+            if state[s] == shown[s]:
+                wrong.discard(s)
+            else:
+                wrong.add(s)
     lines = ["requests in flight at the instant, not a prefix wholly in:"]
     for r in pending:
-        lines.append("  %r: the view shows %s" % (
-            r, ", ".join(sorted(set(describe(shown[p], 0) for p in parts
-                                    if p in covered(ranges, r.offset,
-                                                    r.length)))) or
+        lines.append("  %r: the view shows %s" % (r, ", ".join(
+            sorted(set(describe(shown[s], 0).split(" (")[0]
+                       for s in sectors(r)))) or
             "(outside the frozen ranges)"))
     raise AssertionError("\n".join(lines))
 
