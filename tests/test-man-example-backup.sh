@@ -6,7 +6,9 @@
 # printed: its command blocks are taken from the POD and run in order
 # on a 1 GiB disk (only --filter=dirtybitmap is pointed at the build
 # tree); the map it prints is the one the page shows, and the backup
-# ends identical to the disk.
+# ends identical to the disk.  Then, with a filter that has views, the
+# requests of "A checkpoint per backup" run as printed against a live
+# server and back up the disk as it was at their transaction.
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 requires cmp dd
 
@@ -66,3 +68,70 @@ cmp disk.img backup.img || fail "backup.img differs from disk.img"
 qemu_check disk.bitmaps.qcow2
 [ "$(bitmap_flags disk.bitmaps.qcow2 backup2)" = "auto 65536" ] ||
   fail "step 6 did not leave backup2 recording"
+
+# "A checkpoint per backup" (LIVE CHECKPOINTS), with a view, as
+# printed: its QMP requests are sent in order to a server that keeps
+# taking writes; the ranges step 2 lists are copied from the view; the
+# backup is then the disk at the transaction's instant, not later.
+grep -q x-dirtybitmap-view-add "$FILTER" || exit 0
+rm -f "$tmpdir/live.sock"
+sock="$tmpdir/live.sock"
+ctl="$tmpdir/live.ctl"
+start_nbdkit_background "$sock" memory 64M \
+  dirtybitmap-file="$tmpdir/live.qcow2" dirtybitmap=cp1 \
+  dirtybitmap-control="$ctl"
+wait_control
+HELPERS_DIR="$abs_top_srcdir/tests/helpers" \
+/usr/bin/python3 - "$pod" "$sock" "$ctl" <<'PYEOF'
+import json, os, sys
+import nbd
+sys.path.insert(0, os.environ["HELPERS_DIR"])
+import qmp
+
+pod, sock, ctl = sys.argv[1:]
+text = open(pod).read()
+section = text[text.index("=head2 A checkpoint per backup"):]
+section = section[:section.index("\n=back")]
+requests, decoder = [], json.JSONDecoder()
+for block in section.split("\n\n"):
+    if block.startswith(" {"):
+        rest = block.strip()
+        while rest:
+            request, end = decoder.raw_decode(rest)
+            requests.append(request)
+            rest = rest[end:].strip()
+assert [r["execute"] for r in requests] == [
+    "transaction", "x-dirtybitmap-extents", "x-dirtybitmap-view-remove",
+    "block-dirty-bitmap-remove"], requests
+
+live = nbd.NBD()
+live.connect_unix(sock)
+size = live.get_size()
+backup = bytearray(size)               # the last backup: the empty disk
+for offset in (0, 5 << 20, 40000000):
+    live.pwrite(b"hello" * 4000, offset)
+disk = live.pread(size, 0)             # at the instant
+c = qmp.Client(ctl)
+assert c.ok(requests[0]["execute"], requests[0]["arguments"]) == {}
+live.pwrite(b"later" * 40000, 0)       # after it: not in this backup
+view = nbd.NBD()
+view.set_export_name("backup")
+view.connect_unix(sock)
+arguments = dict(requests[1]["arguments"])
+while arguments["offset"] is not None:
+    page = c.ok(requests[1]["execute"], arguments)
+    for e in page["extents"]:
+        backup[e["offset"]:e["offset"] + e["length"]] = \
+            view.pread(e["length"], e["offset"])
+        view.trim(e["length"], e["offset"])
+    arguments["offset"] = page["next"]
+view.shutdown()
+for r in requests[2:]:
+    assert c.ok(r["execute"], r["arguments"]) == {}
+assert backup == disk, "the backup is not the disk at the instant"
+assert [b["name"] for b in c.ok("query-dirty-bitmaps")] == ["cp2"]
+assert c.ok("x-dirtybitmap-query-views") == []
+PYEOF
+kill -TERM "$nbdkit_pid"
+wait_nbdkit_exit
+[ "$status" -eq 0 ] || fail "nbdkit exited with status $status"
