@@ -14,6 +14,7 @@
 #   BENCH_SECONDS=5 BENCH_PAIRS=3 bash tests/bench/run.sh   (quick look)
 #   BENCH_NULL=1 bash tests/bench/run.sh  (noise check, see below)
 #   BENCH_PHASES=fresh bash tests/bench/run.sh   (one phase only)
+#   bash tests/bench/run.sh views        (the phases named, in order)
 #
 # This script is the driver: it reads and checks the settings, prints
 # the machine and the settings, runs the phases and prints the summary.
@@ -25,6 +26,8 @@
 #   phase-fresh.sh         crash-safe vs not on a fresh sidecar
 #   crash-safe.sh          the rounds the steady and fresh phases share
 #   phase-bitmaps.sh       many recording bitmaps vs one
+#   phase-views.sh         writes while a point-in-time view exists, and
+#                          qemu-storage-daemon's copy-before-write
 #   *.py                   fio's output, the summaries, QMP steps, ...
 # Each phase file describes its phase; every run uses a fresh nbdkit
 # (so a new memory disk).
@@ -35,7 +38,8 @@
 #
 # Environment (all optional):
 #   BENCH_PHASES    phases to run, in order
-#                   (default "filter steady fresh bitmaps")
+#                   (default "filter steady fresh bitmaps views"; the
+#                   arguments, when given, name them instead)
 #   BENCH_SECONDS   length of each fio run in seconds       (default 10)
 #   BENCH_PAIRS     number of (no-filter, filter) pairs      (default 5)
 #   BENCH_IODEPTH   fio iodepth per job                      (default 16)
@@ -77,6 +81,8 @@
 #   BENCH_BITMAPS_ADD     how the many bitmaps are made: "params" (all
 #                   dirtybitmap=NAME, persistent) or "qmp" (added over
 #                   the control socket, persistent=false) (default params)
+#   BENCH_VIEWS_SECONDS   fio run length, views phase        (default 5)
+#   BENCH_VIEWS_ROUNDS    rounds, views phase                (default 3)
 #   BENCH_SIDECAR_DIR     where sidecars are made (a new directory inside
 #                   it).  By default the temporary directory, unless that
 #                   is on tmpfs or ramfs, where fdatasync costs nothing:
@@ -137,6 +143,10 @@ bench_cmd+="bash $(printf '%q' "$0")"
 for a in "$@"; do bench_cmd+=" $(printf '%q' "$a")"; done
 bench_cwd="$PWD"
 
+# Phases named as arguments take the place of BENCH_PHASES.
+if [ $# -gt 0 ]; then
+  BENCH_PHASES="$*"
+fi
 # shellcheck source=settings.sh
 source "$bench_dir/settings.sh"
 
@@ -186,7 +196,7 @@ uri="nbd+unix:///?socket=$sock"
 
 # The phases: each file sets its modes and defines describe_PHASE (its
 # settings, for the header) and phase_PHASE (its runs and summary).
-for p in filter steady fresh bitmaps; do
+for p in filter steady fresh bitmaps views; do
   # shellcheck source=/dev/null
   source "$bench_dir/phase-$p.sh"
 done
@@ -219,7 +229,7 @@ echo "  sidecar:        deleted before each filter run (each run creates a fresh
 echo "  fio:            ioengine=nbd rw=randwrite bs=$BLOCK_SIZE iodepth=$BENCH_IODEPTH numjobs=$BENCH_NUMJOBS (BENCH_IODEPTH, BENCH_NUMJOBS)"
 echo "  cpu pinning:    $pin_note (BENCH_PIN)"
 echo "  warm-up:        $([ "$BENCH_WARMUP" = 1 ] && echo "one unmeasured run of each mode of the first phase" || echo no) (BENCH_WARMUP)"
-for p in filter steady fresh bitmaps; do
+for p in filter steady fresh bitmaps views; do
   if has_phase "$p"; then
     "describe_$p"
   fi

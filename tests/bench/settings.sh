@@ -7,7 +7,7 @@
 # Python module, qemu-nbd and nbdinfo) and the CPU pinning.  Dies on a
 # setting that makes no sense or a missing tool, before anything starts.
 
-BENCH_PHASES="${BENCH_PHASES:-filter steady fresh bitmaps}"
+BENCH_PHASES="${BENCH_PHASES:-filter steady fresh bitmaps views}"
 BENCH_SECONDS="${BENCH_SECONDS:-10}"
 BENCH_PAIRS="${BENCH_PAIRS:-5}"
 BENCH_IODEPTH="${BENCH_IODEPTH:-16}"
@@ -28,6 +28,8 @@ BENCH_BITMAPS_ROUNDS="${BENCH_BITMAPS_ROUNDS:-3}"
 BENCH_BITMAPS_COUNT="${BENCH_BITMAPS_COUNT:-64}"
 BENCH_BITMAPS_SAFE="${BENCH_BITMAPS_SAFE:-safe unsafe}"
 BENCH_BITMAPS_ADD="${BENCH_BITMAPS_ADD:-params}"
+BENCH_VIEWS_SECONDS="${BENCH_VIEWS_SECONDS:-5}"
+BENCH_VIEWS_ROUNDS="${BENCH_VIEWS_ROUNDS:-3}"
 BENCH_SIDECAR_DIR="${BENCH_SIDECAR_DIR:-}"
 BENCH_STEADY_DISK="${BENCH_STEADY_DISK:-1G}"
 DISK_SIZE=1G                    # the disk of the filter and fresh phases
@@ -38,11 +40,13 @@ BLOCK_SIZE=4k
 TARGET=0.97
 STEADY_TARGET=0.95
 BITMAPS_TARGET=0.97
+VIEWS_TARGET=0.95
 
 for v in BENCH_SECONDS BENCH_PAIRS BENCH_IODEPTH BENCH_NUMJOBS \
          BENCH_STEADY_SECONDS BENCH_STEADY_PAIRS \
          BENCH_FRESH_SECONDS BENCH_FRESH_ROUNDS \
-         BENCH_BITMAPS_SECONDS BENCH_BITMAPS_ROUNDS BENCH_BITMAPS_COUNT; do
+         BENCH_BITMAPS_SECONDS BENCH_BITMAPS_ROUNDS BENCH_BITMAPS_COUNT \
+         BENCH_VIEWS_SECONDS BENCH_VIEWS_ROUNDS; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v='${!v}' is not a positive integer"
 done
 [[ "$BENCH_RAMP" =~ ^[0-9]+$ ]] || die "BENCH_RAMP='$BENCH_RAMP' is not an integer"
@@ -52,8 +56,8 @@ done
 [[ "$BENCH_NULL" =~ ^[01]$ ]] || die "BENCH_NULL='$BENCH_NULL' must be 0 or 1"
 for p in $BENCH_PHASES; do
   case "$p" in
-    filter|steady|fresh|bitmaps) ;;
-    *) die "BENCH_PHASES: unknown phase '$p' (filter, steady, fresh, bitmaps)" ;;
+    filter|steady|fresh|bitmaps|views) ;;
+    *) die "BENCH_PHASES: unknown phase '$p' (filter, steady, fresh, bitmaps, views)" ;;
   esac
 done
 [ -n "${BENCH_PHASES// /}" ] || die "BENCH_PHASES is empty"
