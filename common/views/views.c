@@ -533,7 +533,7 @@ view_read (struct view *v, views_read_fn *read_disk, void *opaque,
         nbdkit_error ("view '%s': [%" PRIu64 ", %" PRIu64 ") was not frozen "
                       "(trimmed since the view was added)", v->name, offset,
                       offset + count);
-      *err = EACCES;
+      *err = EPERM;             /* QEMU says EACCES, which NBD has no code for */
       goto refused;
     }
     if (!overlaps (v, first, last, true))

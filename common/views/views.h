@@ -94,7 +94,7 @@ extern const char *view_name (const struct view *v);
 
 /* Read [OFFSET, OFFSET + COUNT) as it was when the view was added:
  * copied granules from scratch, the others from the disk with READ
- * (OPAQUE), while writes to them wait.  0, or -1 with *ERR: EACCES
+ * (OPAQUE), while writes to them wait.  0, or -1 with *ERR: EPERM
  * for a granule not frozen, EIO for a broken or removed view or a
  * failed read (after nbdkit_error naming the view).
  */
