@@ -4,12 +4,15 @@
 
 /* nbdkit dirtybitmap filter: the nbdkit callbacks.  Every write, zero
  * and trim is marked in the tracker before it is passed on; the
- * tracking itself lives in common/tracker.
+ * tracking itself lives in common/tracker.  A connection whose export
+ * name is a point-in-time view's is served by common/views instead,
+ * and writes copy what the views still need before they pass on.
  */
 #include <config.h>
 
 #include <errno.h>
 #include <inttypes.h>
+#include <libgen.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +24,7 @@
 #include "qmp-commands.h"
 #include "qmp-server.h"
 #include "tracker.h"
+#include "views.h"
 
 /* -D dirtybitmap.writes=1 logs every range marked. */
 NBDKIT_DLL_PUBLIC int dirtybitmap_debug_writes;
@@ -29,6 +33,8 @@ static struct tracker_config config;
 static struct tracker *tracker;
 static char *control_path;              /* dirtybitmap-control= */
 static struct qmp_server *control;
+static struct views_config view_config;
+static struct views *views;
 
 static void
 dirtybitmap_load (void)
@@ -49,6 +55,8 @@ dirtybitmap_unload (void)
   bool failed = tracker && tracker_failed (tracker);
 
   tracker_free (tracker);
+  views_free (views);
+  views_config_free (&view_config);
   tracker_config_free (&config);
   free (control_path);
   /* Unloading is the last thing nbdkit does: make its exit status say
@@ -119,6 +127,20 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   if (strcmp (key, "file") == 0 &&
       set_path (value, false, tracker_config_note_plugin_file) == -1)
     return -1;
+  if (strcmp (key, "dirtybitmap-view-scratch") == 0) {
+    free (view_config.scratch_dir);
+    view_config.scratch_dir = nbdkit_absolute_path (value);
+    return view_config.scratch_dir ? 0 : -1;
+  }
+  if (strcmp (key, "dirtybitmap-view-scratch-limit") == 0) {
+    int64_t size = nbdkit_parse_size (value);
+    if (size == -1)
+      return -1;
+    view_config.scratch_limit = size;
+    return 0;
+  }
+  if (strcmp (key, "dirtybitmap-view-on-error") == 0)
+    return views_config_set_on_error (&view_config, value);
   if (strcmp (key, "dirtybitmap-control") == 0) {
     if (control_path) {
       nbdkit_error ("dirtybitmap-control= given twice");
@@ -143,6 +165,20 @@ dirtybitmap_config_complete (nbdkit_next_config_complete *next,
   tracker = tracker_new (&config);
   if (tracker == NULL)
     return -1;
+  /* Views' scratch files go beside the sidecar unless told. */
+  if (view_config.scratch_dir == NULL) {
+    char *copy = strdup (config.sidecar_path);
+    view_config.scratch_dir = copy ? strdup (dirname (copy)) : NULL;
+    free (copy);
+    if (view_config.scratch_dir == NULL) {
+      nbdkit_error ("strdup: %m");
+      return -1;
+    }
+  }
+  views = views_new (&view_config);
+  if (views == NULL)
+    return -1;
+  tracker_attach_views (tracker, views);
   return next (nxdata);
 }
 
@@ -155,7 +191,12 @@ dirtybitmap_config_complete (nbdkit_next_config_complete *next,
   "dirtybitmap-in-use=keep|refuse|reset Bitmaps left in use (default keep).\n" \
   "dirtybitmap-data=<FILE|DEVICE> The data the bitmaps describe (default: file=).\n" \
   "dirtybitmap-data-id=<STRING> Identifies the data when no file can.\n" \
-  "dirtybitmap-control=<SOCKET> QMP socket to manage bitmaps while serving."
+  "dirtybitmap-control=<SOCKET> QMP socket to manage bitmaps while serving.\n" \
+  "dirtybitmap-view-scratch=<DIR> Where views keep their copies (default:\n" \
+  "                            the sidecar's directory).\n" \
+  "dirtybitmap-view-scratch-limit=<SIZE> Views' scratch bytes at most.\n" \
+  "dirtybitmap-view-on-error=break-view|fail-write A failed copy (default\n" \
+  "                            break-view)."
 
 /* Open the default export once, before serving anyone, so that a
  * sidecar that does not fit is refused at start-up.  Some plugins can
@@ -221,23 +262,34 @@ dirtybitmap_cleanup (nbdkit_backend *backend)
 
 struct handle {
   const char *exportname;       /* interned: lives as long as the handle */
+  struct view *view;            /* a view's connection, else NULL */
 };
 
+/* A view's connection reads the plugin's tracked export, read-only:
+ * it never claims an export nor starts tracking.
+ */
 static void *
 dirtybitmap_open (nbdkit_next_open *next, nbdkit_context *context,
                   int readonly, const char *exportname, int is_tls)
 {
+  struct view *view = views ? views_open (views, exportname) : NULL;
   struct handle *h;
 
-  if (next (context, readonly, exportname) == -1)
+  if (view ? next (context, 1, tracker_export_name (tracker)) == -1
+      : next (context, readonly, exportname) == -1) {
+    view_close (view);
     return NULL;
+  }
   h = malloc (sizeof *h);
   if (h == NULL) {
     nbdkit_error ("malloc: %m");
+    view_close (view);
     return NULL;
   }
+  h->view = view;
   h->exportname = nbdkit_strdup_intern (exportname);
   if (h->exportname == NULL) {
+    view_close (view);
     free (h);
     return NULL;
   }
@@ -247,7 +299,10 @@ dirtybitmap_open (nbdkit_next_open *next, nbdkit_context *context,
 static void
 dirtybitmap_close (void *handle)
 {
-  free (handle);
+  struct handle *h = handle;
+
+  view_close (h->view);
+  free (h);
 }
 
 /* Tracking starts with the first connection that may write, so that a
@@ -261,7 +316,7 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
   struct handle *h = handle;
   int64_t size;
 
-  if (readonly)
+  if (readonly || h->view)
     return 0;
   size = next->get_size (next);
   if (size == -1)
@@ -279,47 +334,135 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
   return 0;
 }
 
+/* How views read the disk: through the plugin of some connection. */
 static int
-mark (uint64_t offset, uint32_t count, const char *what, int *err)
+read_next (void *opaque, void *buf, uint32_t count, uint64_t offset,
+           int *err)
 {
+  nbdkit_next *next = opaque;
+
+  return next->pread (next, buf, count, offset, 0, err);
+}
+
+/* Before a write, zero or trim passes on: mark it, and copy what the
+ * views still need of it, reading through this connection.  Unless
+ * this fails, end_write must follow once the plugin has replied.
+ */
+static int
+begin_write (nbdkit_next *next, uint64_t offset, uint32_t count,
+             const char *what, int *err)
+{
+  bool copy = false;
   int e;
 
   if (dirtybitmap_debug_writes)
     nbdkit_debug ("dirtybitmap: %s offset %" PRIu64 " count %" PRIu32,
                   what, offset, count);
-  e = tracker_mark (tracker, offset, count);
+  e = tracker_write_begin (tracker, offset, count, &copy);
   if (e != 0) {
     *err = e;
+    return -1;
+  }
+  if (copy && views_copy_before_write (views, read_next, next, offset, count,
+                                       err) == -1) {
+    tracker_write_end (tracker);
     return -1;
   }
   return 0;
 }
 
 static int
+end_write (int r)
+{
+  tracker_write_end (tracker);
+  return r;
+}
+
+/* A view is read-only, but says it is writable so that its clients may
+ * trim what they have read.
+ */
+static int
+refuse_view_write (struct handle *h, const char *what, int *err)
+{
+  nbdkit_error ("view '%s' is read-only: %s refused", view_name (h->view),
+                what);
+  *err = EROFS;
+  return -1;
+}
+
+static int
+dirtybitmap_pread (nbdkit_next *next, void *handle, void *buf,
+                   uint32_t count, uint64_t offset, uint32_t flags, int *err)
+{
+  struct handle *h = handle;
+
+  if (h->view)
+    return view_read (h->view, read_next, next, buf, count, offset, err);
+  return next->pread (next, buf, count, offset, flags, err);
+}
+
+static int
 dirtybitmap_pwrite (nbdkit_next *next, void *handle, const void *buf,
                     uint32_t count, uint64_t offset, uint32_t flags, int *err)
 {
-  if (mark (offset, count, "write", err) == -1)
+  if (((struct handle *) handle)->view)
+    return refuse_view_write (handle, "write", err);
+  if (begin_write (next, offset, count, "write", err) == -1)
     return -1;
-  return next->pwrite (next, buf, count, offset, flags, err);
+  return end_write (next->pwrite (next, buf, count, offset, flags, err));
 }
 
 static int
 dirtybitmap_zero (nbdkit_next *next, void *handle,
                   uint32_t count, uint64_t offset, uint32_t flags, int *err)
 {
-  if (mark (offset, count, "zero", err) == -1)
+  if (((struct handle *) handle)->view)
+    return refuse_view_write (handle, "zero", err);
+  if (begin_write (next, offset, count, "zero", err) == -1)
     return -1;
-  return next->zero (next, count, offset, flags, err);
+  return end_write (next->zero (next, count, offset, flags, err));
 }
 
+/* A trim of a view releases what its client has read. */
 static int
 dirtybitmap_trim (nbdkit_next *next, void *handle,
                   uint32_t count, uint64_t offset, uint32_t flags, int *err)
 {
-  if (mark (offset, count, "trim", err) == -1)
+  struct handle *h = handle;
+
+  if (h->view)
+    return view_trim (h->view, count, offset, err);
+  if (begin_write (next, offset, count, "trim", err) == -1)
     return -1;
-  return next->trim (next, count, offset, flags, err);
+  return end_write (next->trim (next, count, offset, flags, err));
+}
+
+/* What a view's connection may do: read, trim, and be refused writes;
+ * its block status is all data, whatever the plugin's holes.
+ */
+static int
+dirtybitmap_can_write (nbdkit_next *next, void *handle)
+{
+  return ((struct handle *) handle)->view ? 1 : next->can_write (next);
+}
+
+static int
+dirtybitmap_can_trim (nbdkit_next *next, void *handle)
+{
+  return ((struct handle *) handle)->view ? 1 : next->can_trim (next);
+}
+
+static int
+dirtybitmap_can_zero (nbdkit_next *next, void *handle)
+{
+  return ((struct handle *) handle)->view ? NBDKIT_ZERO_NATIVE
+    : next->can_zero (next);
+}
+
+static int
+dirtybitmap_can_extents (nbdkit_next *next, void *handle)
+{
+  return ((struct handle *) handle)->view ? 0 : next->can_extents (next);
 }
 
 static struct nbdkit_filter filter = {
@@ -339,6 +482,11 @@ static struct nbdkit_filter filter = {
   .open              = dirtybitmap_open,
   .close             = dirtybitmap_close,
   .prepare           = dirtybitmap_prepare,
+  .can_write         = dirtybitmap_can_write,
+  .can_trim          = dirtybitmap_can_trim,
+  .can_zero          = dirtybitmap_can_zero,
+  .can_extents       = dirtybitmap_can_extents,
+  .pread             = dirtybitmap_pread,
   .pwrite            = dirtybitmap_pwrite,
   .zero              = dirtybitmap_zero,
   .trim              = dirtybitmap_trim,

@@ -10,7 +10,8 @@
  * share one handler: each has a parser that turns its arguments into
  * a struct tracker_action, and a "transaction" runs the same parsers
  * over its actions' "data" before handing them all to the tracker at
- * once.
+ * once.  The two x-dirtybitmap-view-* commands that add and remove
+ * point-in-time views are tracker actions of the same kind.
  */
 #include <config.h>
 
@@ -26,6 +27,7 @@
 #include "qmp-commands.h"
 #include "tracker.h"
 #include "utf8.h"
+#include "views.h"
 
 /* One command's arguments, checked as QMP checks them: every key must
  * be known (the command table says which are), of the right type, and
@@ -209,6 +211,15 @@ parse_add (struct args *a, struct tracker *t, struct tracker_action *act)
     return -1;
   }
   act->granularity = g;
+  return 0;
+}
+
+static int
+parse_view_add (struct args *a, struct tracker *t, struct tracker_action *act)
+{
+  if (get_string (a, "name", true, &act->name) == -1 ||
+      get_string (a, "bitmap", false, &act->bitmap) == -1)
+    return -1;
   return 0;
 }
 
@@ -475,6 +486,71 @@ extents (struct args *a, struct tracker *t, const struct command *cmd)
   return r;
 }
 
+/* A string member KEY of O, escaped if not UTF-8 (a bitmap's name
+ * from a sidecar written by another program).  -1 if out of memory.
+ */
+static int
+add_name (struct json_object *o, const char *key, const char *name)
+{
+  char *escaped = utf8_escape_invalid (name);
+
+  if (escaped == NULL)
+    return -1;
+  json_object_object_add (o, key, json_object_new_string (escaped));
+  free (escaped);
+  return 0;
+}
+
+static struct json_object *
+view_json (const struct view_info *info)
+{
+  struct json_object *o = json_object_new_object ();
+
+  if (add_name (o, "name", info->name) == -1 ||
+      (info->bitmap && add_name (o, "bitmap", info->bitmap) == -1)) {
+    json_object_put (o);
+    return NULL;
+  }
+  json_object_object_add (o, "granularity",
+                          json_object_new_int64 (info->granularity));
+  json_object_object_add (o, "frozen-bytes",
+                          json_object_new_int64 (info->frozen_bytes));
+  json_object_object_add (o, "copied-bytes",
+                          json_object_new_int64 (info->copied_bytes));
+  json_object_object_add (o, "scratch-bytes",
+                          json_object_new_int64 (info->scratch_bytes));
+  json_object_object_add (o, "state", json_object_new_string
+                          (info->broken ? "broken" : "ok"));
+  if (info->broken && info->reason)
+    json_object_object_add (o, "reason",
+                            json_object_new_string (info->reason));
+  return o;
+}
+
+static struct json_object *
+query_views (struct args *a, struct tracker *t, const struct command *cmd)
+{
+  struct views *vs = tracker_views (t);
+  struct view_info *infos = NULL;
+  struct json_object *list, *o;
+  size_t i, n = 0;
+
+  if (vs && views_query (vs, &infos, &n) == -1)
+    return error (a, "out of memory");
+  list = json_object_new_array ();
+  for (i = 0; i < n; ++i) {
+    o = view_json (&infos[i]);
+    if (o == NULL) {
+      json_object_put (list);
+      views_free_infos (infos, n);
+      return error (a, "out of memory");
+    }
+    json_object_array_add (list, o);
+  }
+  views_free_infos (infos, n);
+  return list;
+}
+
 #define KEYS(...) ((const char *const []) { __VA_ARGS__, NULL })
 #define NO_KEYS KEYS (NULL)
 
@@ -510,6 +586,12 @@ static const struct command commands[] = {
   { .name = "x-dirtybitmap-store", .keys = NO_KEYS, .run = store },
   { .name = "x-dirtybitmap-extents",
     .keys = KEYS ("node", "name", "offset", "length"), .run = extents },
+  { "x-dirtybitmap-view-add", KEYS ("name", "bitmap"),
+    bitmap_command, parse_view_add, TRACKER_VIEW_ADD },
+  { "x-dirtybitmap-view-remove", KEYS ("name"),
+    bitmap_command, parse_name, TRACKER_VIEW_REMOVE },
+  { .name = "x-dirtybitmap-query-views", .keys = NO_KEYS,
+    .run = query_views },
 };
 #define NR_COMMANDS (sizeof commands / sizeof commands[0])
 

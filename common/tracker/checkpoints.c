@@ -21,6 +21,7 @@
 #include "qcow2-format.h"
 #include "tracker-internal.h"
 #include "utf8.h"
+#include "views.h"
 
 static int
 fail (char **error, const char *fmt, ...)
@@ -92,6 +93,7 @@ struct stage {
   size_t nr_gone;
   size_t nr_unlinked;           /* gone[] taken out of the sidecar */
   bool persistent_changed;
+  struct views_stage *views;    /* the views, once an action changes them */
 };
 
 static ssize_t
@@ -145,6 +147,7 @@ stage_free (struct stage *st)
   free (st->b);
   free (st->info);
   free (st->gone);
+  views_stage_free (st->views);
 }
 
 /* Room for a new bitmap at AT (persistent ones go after the others
@@ -331,6 +334,24 @@ prepare_merge (struct stage *st, const struct tracker_action *a,
   return fail (error, "out of memory");
 }
 
+/* A view action, in the real preparation only: views do not change
+ * the granularity the dry run is for.
+ */
+static int
+prepare_view (struct tracker *t, struct stage *st,
+              const struct tracker_action *a, char **error)
+{
+  ssize_t i = -1;
+
+  if (!st->prepare)
+    return 0;
+  if (a->type == TRACKER_VIEW_ADD && a->bitmap &&
+      (i = usable (st, a->bitmap, error)) == -1)
+    return -1;
+  return tracker_stage_view (t, &st->views, a, i == -1 ? NULL : &st->b[i],
+                             error);
+}
+
 /* Check one action against the stage and stage its effect. */
 static int
 prepare_action (struct tracker *t, struct stage *st,
@@ -339,7 +360,9 @@ prepare_action (struct tracker *t, struct stage *st,
   struct dirtymap *map;
   ssize_t i;
 
-  if (a->type != TRACKER_ADD && (i = find_staged (st, a->name)) != -1)
+  if (a->type != TRACKER_ADD && a->type != TRACKER_VIEW_ADD &&
+      a->type != TRACKER_VIEW_REMOVE &&
+      (i = find_staged (st, a->name)) != -1)
     st->persistent_changed |= st->info[i].persistent;
   switch (a->type) {
   case TRACKER_ADD:
@@ -371,6 +394,9 @@ prepare_action (struct tracker *t, struct stage *st,
     return 0;
   case TRACKER_MERGE:
     return prepare_merge (st, a, error);
+  case TRACKER_VIEW_ADD:
+  case TRACKER_VIEW_REMOVE:
+    return prepare_view (t, st, a, error);
   }
   return fail (error, "unknown action");
 }
@@ -472,6 +498,8 @@ commit_stage (struct tracker *t, struct stage *st)
   t->nr_bitmaps = st->n;
   st->b = NULL;
   st->n = 0;
+  if (st->views)
+    views_stage_commit (st->views);
 }
 
 static int
@@ -510,6 +538,7 @@ tracker_transaction (struct tracker *t, const struct tracker_action *actions,
   struct stage st = { 0 };
   unsigned before, after;
   bool persistent_changed;
+  bool gate = tracker_has_view_actions (actions, nr_actions);
   int r = -1;
 
   pthread_mutex_lock (&t->lock);
@@ -523,9 +552,12 @@ tracker_transaction (struct tracker *t, const struct tracker_action *actions,
   /* The instant of the transaction: writes before it go to the bitmaps
    * recording until now, writes after it to those recording from now
    * on.  Until it commits or aborts, writes are recorded finely enough
-   * for either.
+   * for either.  With views, no write is on its way to the plugin
+   * meanwhile (views.c explains why).
    */
   before = tracker_recording_bits (t);
+  if (gate)
+    recorder_close_gate (t->recorder);
   if (tracker_fold_locked (t, before < after ? before : after) == -1) {
     fail (error, "out of memory");
     goto out;
@@ -536,12 +568,17 @@ tracker_transaction (struct tracker *t, const struct tracker_action *actions,
   }
   persistent_changed = st.persistent_changed;
   commit_stage (t, &st);
+  if (gate)
+    tracker_open_gate (t);
+  gate = false;
   if (after > before && tracker_fold_locked (t, after) == -1)
     nbdkit_debug ("dirtybitmap: out of memory: writes are recorded at a "
                   "finer granularity than needed until the next change");
   r = persistent_changed ? commit_live (t, error) : 0;
 
  out:
+  if (gate && t->started)
+    tracker_open_gate (t);
   stage_free (&st);
   pthread_mutex_unlock (&t->lock);
   return r;

@@ -14,6 +14,9 @@
 #include "qcow2-format.h"
 #include "recorder.h"
 
+/* The gate's states. */
+enum { GATE_OPEN, GATE_OPEN_VIEWS, GATE_CLOSED };
+
 /* Writer threads with a slot of their own; more share the last one. */
 #define NR_SLOTS 1024
 
@@ -30,6 +33,9 @@ struct generation {
 struct recorder {
   uint64_t size;
   struct generation *current;   /* read by writers without a lock */
+  int gate;                     /* GATE_*, read by writers without a lock */
+  pthread_mutex_t gate_lock;    /* for writers waiting at the gate */
+  pthread_cond_t gate_opened;
   struct slot slots[NR_SLOTS];
 };
 
@@ -114,6 +120,8 @@ recorder_new (uint64_t size, unsigned bits)
     free (r);
     return NULL;
   }
+  pthread_mutex_init (&r->gate_lock, NULL);
+  pthread_cond_init (&r->gate_opened, NULL);
   return r;
 }
 
@@ -124,6 +132,8 @@ recorder_free (struct recorder *r)
     return;
   dirtymap_free (r->current->map);
   free (r->current);
+  pthread_mutex_destroy (&r->gate_lock);
+  pthread_cond_destroy (&r->gate_opened);
   free (r);
 }
 
@@ -149,22 +159,88 @@ recorder_mark (struct recorder *r, uint64_t offset, uint64_t count)
   return ret;
 }
 
+/* Wait until every slot has been seen idle once. */
+static void
+wait_idle (struct recorder *r)
+{
+  size_t i;
+
+  for (i = 0; i < NR_SLOTS; ++i)
+    while (__atomic_load_n (&r->slots[i].busy, __ATOMIC_SEQ_CST) != 0)
+      sched_yield ();
+}
+
 struct dirtymap *
 recorder_swap (struct recorder *r, unsigned new_bits, unsigned *old_bits)
 {
   struct generation *fresh = generation_new (r->size, new_bits);
   struct generation *old;
   struct dirtymap *map;
-  size_t i;
 
   if (fresh == NULL)
     return NULL;
   old = __atomic_exchange_n (&r->current, fresh, __ATOMIC_SEQ_CST);
-  for (i = 0; i < NR_SLOTS; ++i)
-    while (__atomic_load_n (&r->slots[i].busy, __ATOMIC_SEQ_CST) != 0)
-      sched_yield ();
+  wait_idle (r);
   map = old->map;
   *old_bits = old->bits;
   free (old);
   return map;
+}
+
+int
+recorder_begin_write (struct recorder *r, uint64_t offset, uint64_t count)
+{
+  struct slot *slot = &r->slots[thread_slot ()];
+  const struct generation *g;
+  uint64_t first, last;
+  int gate;
+
+  /* Announce first, then look at the gate (both sequentially
+   * consistent): a closing gate either sees us busy and waits for our
+   * reply, or we see it closed and step back.
+   */
+  for (;;) {
+    __atomic_add_fetch (&slot->busy, 1, __ATOMIC_SEQ_CST);
+    gate = __atomic_load_n (&r->gate, __ATOMIC_SEQ_CST);
+    if (gate != GATE_CLOSED)
+      break;
+    __atomic_sub_fetch (&slot->busy, 1, __ATOMIC_RELEASE);
+    pthread_mutex_lock (&r->gate_lock);
+    while (__atomic_load_n (&r->gate, __ATOMIC_SEQ_CST) == GATE_CLOSED)
+      pthread_cond_wait (&r->gate_opened, &r->gate_lock);
+    pthread_mutex_unlock (&r->gate_lock);
+  }
+  if (count > 0) {
+    g = __atomic_load_n (&r->current, __ATOMIC_SEQ_CST);
+    first = offset >> g->bits;
+    last = (offset + count - 1) >> g->bits;
+    if (dirtymap_set_range (g->map, first, last - first + 1) == -1) {
+      recorder_end_write (r);
+      return -1;
+    }
+  }
+  return gate == GATE_OPEN_VIEWS;
+}
+
+void
+recorder_end_write (struct recorder *r)
+{
+  __atomic_sub_fetch (&r->slots[thread_slot ()].busy, 1, __ATOMIC_RELEASE);
+}
+
+void
+recorder_close_gate (struct recorder *r)
+{
+  __atomic_store_n (&r->gate, GATE_CLOSED, __ATOMIC_SEQ_CST);
+  wait_idle (r);
+}
+
+void
+recorder_open_gate (struct recorder *r, bool views)
+{
+  pthread_mutex_lock (&r->gate_lock);
+  __atomic_store_n (&r->gate, views ? GATE_OPEN_VIEWS : GATE_OPEN,
+                    __ATOMIC_SEQ_CST);
+  pthread_cond_broadcast (&r->gate_opened);
+  pthread_mutex_unlock (&r->gate_lock);
 }

@@ -13,10 +13,21 @@
  * was published: from then on no writer can still be marking the old
  * map, which can be folded knowing it holds every earlier write and
  * none later.
+ *
+ * A write announces itself for its whole life, from its mark until
+ * the plugin has replied (recorder_begin_write, recorder_end_write),
+ * so that waiting for every slot to be idle once is also a drain: no
+ * write that began before is still on its way to the plugin.  The
+ * gate uses that to make the instant of a view (common/views/views.h):
+ * closing it waits for the writes under way and holds new ones at
+ * their start, until it opens again.  An open gate also tells writers
+ * whether views exist, so that the write path without views costs one
+ * more load than without the gate.
  */
 #ifndef DIRTYBITMAP_RECORDER_H
 #define DIRTYBITMAP_RECORDER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "dirtymap.h"
@@ -42,5 +53,24 @@ extern int recorder_mark (struct recorder *r, uint64_t offset,
  */
 extern struct dirtymap *recorder_swap (struct recorder *r, unsigned new_bits,
                                        unsigned *old_bits);
+
+/* A write, zero or trim of [OFFSET, OFFSET + COUNT) begins: wait
+ * while the gate is closed, announce it and mark it.  Returns 1 if
+ * views exist (copy before writing), 0 if not, or -1 after
+ * nbdkit_error if memory ran out (the write is then over).  Unless
+ * -1, recorder_end_write must follow, in the same thread, once the
+ * plugin has replied.
+ */
+extern int recorder_begin_write (struct recorder *r, uint64_t offset,
+                                 uint64_t count);
+extern void recorder_end_write (struct recorder *r);
+
+/* Close the gate: return once no write is between its begin and end,
+ * holding new writes at their begin until recorder_open_gate, which
+ * also says whether VIEWS exist from then on.  Callers are serialised
+ * by the caller.
+ */
+extern void recorder_close_gate (struct recorder *r);
+extern void recorder_open_gate (struct recorder *r, bool views);
 
 #endif /* DIRTYBITMAP_RECORDER_H */

@@ -47,6 +47,7 @@ struct tracker {
   struct journal *journal;      /* durable marks, with crash safety */
   struct tracker_bitmap *bitmaps;
   size_t nr_bitmaps;
+  struct views *views;          /* NULL: no views */
 };
 
 /* Start tracking with the lock held (tracker_start's work). */
@@ -75,5 +76,24 @@ extern void tracker_free_bitmaps (struct tracker_bitmap *bitmaps, size_t n);
  * finest of the bitmaps that record from now on).  Lock held.
  */
 extern int tracker_fold_locked (struct tracker *t, unsigned new_bits);
+
+/* Views in transactions (tracker-views.c).  Whether ACTIONS hold a
+ * view action, which makes the transaction close the gate.
+ */
+extern bool tracker_has_view_actions (const struct tracker_action *actions,
+                                      size_t n);
+
+/* Stage view action A into *STAGE (made at the first one), with
+ * BITMAP, the staged bitmap a view add names (NULL for none), as the
+ * earlier actions leave it.  0, or -1 with *ERROR set.
+ */
+struct views_stage;
+extern int tracker_stage_view (struct tracker *t, struct views_stage **stage,
+                               const struct tracker_action *a,
+                               const struct tracker_bitmap *bitmap,
+                               char **error);
+
+/* Open the gate closed for a transaction's instant. */
+extern void tracker_open_gate (struct tracker *t);
 
 #endif /* DIRTYBITMAP_TRACKER_INTERNAL_H */

@@ -109,6 +109,24 @@ extern int tracker_start (struct tracker *t, uint64_t export_size);
  */
 extern int tracker_mark (struct tracker *t, uint64_t offset, uint64_t count);
 
+/* The write path with views (common/views/views.h): tracker_mark,
+ * and the write announced until tracker_write_end, which must follow
+ * in the same thread once the plugin has replied, unless this fails.
+ * *COPY says whether views exist (views_copy_before_write is then
+ * due).  Returns 0 or an errno value, as tracker_mark.  While a
+ * transaction with view actions makes its instant, writes wait here.
+ */
+extern int tracker_write_begin (struct tracker *t, uint64_t offset,
+                                uint64_t count, bool *copy);
+extern void tracker_write_end (struct tracker *t);
+
+/* The views that transactions add and remove (owned by the caller;
+ * without them, view actions are refused).
+ */
+struct views;
+extern void tracker_attach_views (struct tracker *t, struct views *vs);
+extern struct views *tracker_views (struct tracker *t);
+
 /* At the clean stop, after the last request: if tracking started and
  * something identifies the data, flush the data with FLUSH (given the
  * tracked export's name), then take the data's identity for
@@ -139,23 +157,32 @@ enum tracker_action_type {
   TRACKER_ENABLE,               /* start recording (QMP's name) */
   TRACKER_DISABLE,              /* stop recording (QMP's name) */
   TRACKER_MERGE,
+  TRACKER_VIEW_ADD,             /* x-dirtybitmap-view-add */
+  TRACKER_VIEW_REMOVE,          /* x-dirtybitmap-view-remove */
 };
 
 struct tracker_action {
   enum tracker_action_type type;
-  const char *name;             /* the bitmap; a merge's target */
+  const char *name;             /* the bitmap; a merge's target; the
+                                   view */
   int64_t granularity;          /* add: bytes, 0 for the default */
   bool persistent;              /* add: kept in the sidecar */
   bool disabled;                /* add: created not recording (QMP's
                                    "disabled") */
   const char *const *sources;   /* merge: the bitmaps merged in */
   size_t nr_sources;
+  const char *bitmap;           /* view add: freeze only the granules
+                                   dirty in it (NULL: the whole disk) */
 };
 
 /* Apply ACTIONS at one instant with respect to writes: every write is
  * recorded as if it came entirely before or entirely after all of
  * them.  Either all take effect, or none does and nothing changes,
  * whatever stops one (an invalid action, QEMU's limits, memory).
+ * With view actions, the instant also waits until no write is on its
+ * way to the plugin, and holds new writes until the views are in
+ * place: a view shows every write the bitmaps record before the
+ * instant, and none after.
  * Changes to persistent bitmaps are then committed to the sidecar; if
  * that fails they stay made in memory, and the next store retries.
  */
