@@ -111,14 +111,16 @@ class Instant:
 
 
 class Load:
-    def __init__(self, uri, size, writers=4, seed=1, pause=0.0):
+    def __init__(self, uri, size, writers=4, seed=1, pause=0.0, region=None):
+        """Writers on URI, a disk of SIZE bytes, write its first REGION
+        bytes (default all), pausing PAUSE seconds between requests."""
         self.uri, self.size, self.writers = uri, size, writers
         self.seed, self.pause = seed, pause
         self.logs = [[] for _ in range(writers)]
         self.errors = []
         self.stop = threading.Event()
         self.threads = []
-        self.stripes = (size + STRIPE - 1) // STRIPE
+        self.stripes = ((region or size) + STRIPE - 1) // STRIPE
 
     def _writer(self, k):
         try:
@@ -126,11 +128,12 @@ class Load:
             h = nbd.NBD()
             h.connect_uri(self.uri)
             own = list(range(k, self.stripes, self.writers))
+            region_end = self.stripes * STRIPE
             seq = 0
             while not self.stop.is_set():
                 seq += 1
                 stripe = rng.choice(own) * STRIPE
-                end = min(stripe + STRIPE, self.size)
+                end = min(stripe + STRIPE, self.size, region_end)
                 first = rng.randrange(stripe, end, SECTOR)
                 length = rng.randrange(SECTOR, end - first + 1, SECTOR)
                 kind = rng.choices(("write", "zero", "trim"), (6, 2, 2))[0]
