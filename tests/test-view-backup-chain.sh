@@ -53,7 +53,10 @@ h.connect_unix(sock)
 fill(h, SIZE)
 h.shutdown()
 
-load = Load("nbd+unix:///?socket=" + sock, SIZE, writers=4, pause=0.002)
+# The writers keep to the first 6 MiB, so that incrementals copy less.
+REGION = 6 << 20
+load = Load("nbd+unix:///?socket=" + sock, SIZE, writers=4, pause=0.002,
+            region=REGION)
 load.start()
 runs = []
 try:
@@ -73,7 +76,7 @@ for n, instant, printed, restored in runs:
     copied = int(printed.split()[1])
     assert printed == "%s/%d.qcow2: %d bytes copied" % (backups, n, copied), \
         printed
-    assert (copied == SIZE) == (n == 0), printed
+    assert copied == SIZE if n == 0 else 0 < copied <= REGION, printed
     data = open(restored, "rb").read()
     assert len(data) == SIZE, (restored, len(data))
     flights = check_view(load, "backup %d" % n, instant, [(0, SIZE)], [data])

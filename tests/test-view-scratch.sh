@@ -26,7 +26,7 @@ fi
 cleanup_fn "umount '$tmpdir/full'"
 
 cat > "$tmpdir/scratch.py" <<'EOF'
-import errno, os, sys
+import errno, os, sys, time
 import nbd
 sys.path.insert(0, os.environ["HELPERS_DIR"])
 import qmp
@@ -101,6 +101,12 @@ if case == "trim":
     assert info()["scratch-bytes"] == MiB, info()
     assert os.listdir(scratch) == [], os.listdir(scratch)
     c.ok("x-dirtybitmap-view-remove", {"name": "v"})
+    # The file goes with the view's last client at the latest.
+    view.shutdown()
+    for _ in range(100):
+        if not scratch_files():
+            break
+        time.sleep(0.05)
     assert scratch_files() == [], scratch_files()
 elif case in ("limit-break", "full-break"):
     assert write_error(0, 2 * MiB) == 0     # the write goes on
