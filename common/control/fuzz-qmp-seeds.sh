@@ -258,6 +258,25 @@ seed transaction-refused <<'EOF'
 {"execute": "query-dirty-bitmaps"}
 EOF
 
+# test-view-basic.sh and common/tracker/test-view-transaction.c: views
+# added and removed alone and in transactions, and their errors.
+seed views <<'EOF'
+{"execute": "x-dirtybitmap-view-add", "arguments": {"name": "full"}}
+{"execute": "x-dirtybitmap-view-add", "arguments": {"name": "inc", "bitmap": "pristine"}}
+{"execute": "x-dirtybitmap-view-add", "arguments": {"name": "full"}}
+{"execute": "x-dirtybitmap-view-add", "arguments": {"name": ""}}
+{"execute": "x-dirtybitmap-view-add", "arguments": {"name": "x", "bitmap": "ghost"}}
+{"execute": "x-dirtybitmap-view-add", "arguments": {"name": "x", "bitmap": 1}}
+{"execute": "x-dirtybitmap-view-add", "arguments": {"name": "x", "node": ""}}
+{"execute": "x-dirtybitmap-query-views"}
+{"execute": "transaction", "arguments": {"actions": [{"type": "block-dirty-bitmap-add", "data": {"name": "cp2"}}, {"type": "block-dirty-bitmap-disable", "data": {"name": "pristine"}}, {"type": "x-dirtybitmap-view-remove", "data": {"name": "inc"}}, {"type": "x-dirtybitmap-view-add", "data": {"name": "inc", "bitmap": "pristine"}}]}}
+{"execute": "transaction", "arguments": {"actions": [{"type": "x-dirtybitmap-view-add", "data": {"name": "v2"}}, {"type": "block-dirty-bitmap-add", "data": {"name": "t", "granularity": 3}}]}}
+{"execute": "x-dirtybitmap-view-remove", "arguments": {"name": "full"}}
+{"execute": "x-dirtybitmap-view-remove", "arguments": {"name": "full"}}
+{"execute": "x-dirtybitmap-query-views", "arguments": {"x": 1}}
+{"execute": "x-dirtybitmap-query-views"}
+EOF
+
 # test-qmp-store.sh, test-qmp-restart.sh, test-qmp-many-bitmaps.sh.
 seed store <<'EOF'
 {"execute": "block-dirty-bitmap-add", "arguments": {"name": "kept", "persistent": true, "granularity": 4096}}

@@ -60,6 +60,7 @@
 #include "qmp-protocol.h"
 #include "sidecar.h"
 #include "tracker.h"
+#include "views.h"
 #include "unit-test.h"
 #include "utf8.h"
 
@@ -485,8 +486,11 @@ int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
   struct tracker_config cfg;
+  /* Views' scratch files are unlinked at once, in memory. */
+  struct views_config view_cfg = { .scratch_dir = (char *) "/dev/shm" };
   struct tracker_bitmap_info *infos;
   struct tracker *t;
+  struct views *vs;
   size_t n;
 
   restore_sidecar ();
@@ -495,11 +499,16 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   if (tracker_config_set_sidecar (&cfg, proc_path) == -1)
     fail ("tracker_config_set_sidecar");
   t = start_tracker (&cfg);
+  vs = views_new (&view_cfg);
+  if (vs == NULL)
+    fail ("views_new");
+  tracker_attach_views (t, vs);
   run_input (t, (const char *) data, size);
   check_bitmaps (t, &infos, &n);
   check_stored (t, infos, n);
   tracker_free_infos (infos, n);
   tracker_free (t);
+  views_free (vs);
   tracker_config_free (&cfg);
   return 0;
 }

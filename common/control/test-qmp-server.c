@@ -804,7 +804,8 @@ test_command_table (void)
 
     snprintf (args, sizeof args, "{\"actions\":[{\"type\":\"%s\","
               "\"data\":{\"no-such-key\":1}}]}", name);
-    if (strncmp (name, "block-dirty-bitmap-", 19) == 0)
+    if (strncmp (name, "block-dirty-bitmap-", 19) == 0 ||
+        strncmp (name, "x-dirtybitmap-view-", 19) == 0)
       snprintf (desc, sizeof desc, "unexpected argument 'no-such-key'");
     else
       snprintf (desc, sizeof desc,
