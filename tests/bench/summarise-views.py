@@ -8,10 +8,11 @@
 # summary file (appended to).
 import statistics, sys
 results, target, summary = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-runs, order = {}, []
+runs, order, rounds = {}, [], {}
 with open(results) as f:
     for line in f:
-        _, mode, iops, first, written, scratch = line.split()
+        r, mode, iops, first, written, scratch = line.split()
+        rounds.setdefault(int(r), {})[mode] = float(iops)
         if mode not in runs:
             runs[mode] = []
             order.append(mode)
@@ -38,8 +39,10 @@ for peer in ("f", "q"):
         if mode not in runs:
             continue
         ratio = median(mode) / median(none)
-        line = "%s/%s: %.3f (first second %.3f)" % (
-            mode, none, ratio, median(mode, 1) / median(none, 1))
+        line = "%s/%s: %.3f (first second %.3f; per round %s)" % (
+            mode, none, ratio, median(mode, 1) / median(none, 1),
+            " ".join("%.3f" % (rounds[r][mode] / rounds[r][none])
+                     for r in sorted(rounds)))
         if mode == "f-copied":
             line += " (target >= %.2f: %s)" % (
                 target, "met" if ratio >= target else "NOT met")
@@ -48,8 +51,9 @@ for peer in ("f", "q"):
     if not new:
         continue
     per_gib = statistics.median(s / (w / 2**30) for _, _, w, s in new)
-    out.append("%s-new: %.0f scratch bytes per GiB written (%.2f GiB)" % (
-        peer, per_gib, per_gib / 2**30))
+    out.append("%s-new: %.0f scratch bytes per GiB written (%.2f GiB; "
+               "a 1G disk copies 1 GiB at most)" % (
+                   peer, per_gib, per_gib / 2**30))
 if "q-none" in runs:
     for case in ("none", "new", "copied"):
         if "f-" + case not in runs:
