@@ -310,3 +310,25 @@ requires_views ()
     exit 77
   fi
 }
+
+# The view tests' server: nbdkit with the filter on a memory disk of
+# SIZE (the first argument), serving on "$sock" with the sidecar
+# "$tmpdir/sidecar.qcow2" and the control socket "$ctl"; the other
+# arguments are the filter's.  Returns once the control socket is up.
+start_with_control ()
+{
+  local size="$1"
+  shift
+  start_nbdkit_background "$sock" memory "$size" \
+    dirtybitmap-file="$tmpdir/sidecar.qcow2" dirtybitmap-control="$ctl" "$@"
+  wait_control
+}
+
+# Stop that nbdkit with SIGTERM; it must exit 0.
+stop_cleanly ()
+{
+  kill -TERM "$nbdkit_pid"
+  wait_nbdkit_exit
+  [ "$status" -eq 0 ] ||
+    fail "nbdkit exited with status $status: $(tail -n 3 "$sock.err")"
+}

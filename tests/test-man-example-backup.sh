@@ -77,10 +77,7 @@ grep -q x-dirtybitmap-view-add "$FILTER" || exit 0
 rm -f "$tmpdir/live.sock"
 sock="$tmpdir/live.sock"
 ctl="$tmpdir/live.ctl"
-start_nbdkit_background "$sock" memory 64M \
-  dirtybitmap-file="$tmpdir/live.qcow2" dirtybitmap=cp1 \
-  dirtybitmap-control="$ctl"
-wait_control
+start_with_control 64M dirtybitmap=cp1
 HELPERS_DIR="$abs_top_srcdir/tests/helpers" \
 /usr/bin/python3 - "$pod" "$sock" "$ctl" <<'PYEOF'
 import json, os, sys
@@ -132,6 +129,4 @@ assert backup == disk, "the backup is not the disk at the instant"
 assert [b["name"] for b in c.ok("query-dirty-bitmaps")] == ["cp2"]
 assert c.ok("x-dirtybitmap-query-views") == []
 PYEOF
-kill -TERM "$nbdkit_pid"
-wait_nbdkit_exit
-[ "$status" -eq 0 ] || fail "nbdkit exited with status $status"
+stop_cleanly

@@ -31,9 +31,7 @@ chmod +x "$tmpdir/backup.py"
 
 sock="$tmpdir/sock"
 ctl="$tmpdir/ctl"
-start_nbdkit_background "$sock" memory 16M \
-  dirtybitmap-file="$tmpdir/sidecar.qcow2" dirtybitmap-control="$ctl"
-wait_control
+start_with_control 16M
 mkdir "$tmpdir/backups"
 
 HELPERS_DIR="$abs_top_srcdir/tests/helpers" \
@@ -97,7 +95,5 @@ chain="$(qemu-img info --backing-chain "$tmpdir/backups/3.qcow2" |
          awk '/^image:/ { sub(".*/", "", $2); printf "%s ", $2 }')"
 [ "$chain" = "3.qcow2 2.qcow2 1.qcow2 0.qcow2 " ] ||
   fail "backing chain of 3.qcow2: $chain"
-kill -TERM "$nbdkit_pid"
-wait_nbdkit_exit
-[ "$status" -eq 0 ] || fail "nbdkit exited with status $status"
+stop_cleanly
 qemu_check "$tmpdir/sidecar.qcow2"

@@ -21,10 +21,7 @@ requires_views
 
 sock="$tmpdir/sock"
 ctl="$tmpdir/ctl"
-start_nbdkit_background "$sock" memory 16M \
-  dirtybitmap-file="$tmpdir/sidecar.qcow2" dirtybitmap=cp0 \
-  dirtybitmap-control="$ctl"
-wait_control
+start_with_control 16M dirtybitmap=cp0
 
 HELPERS_DIR="$abs_top_srcdir/tests/helpers" \
 /usr/bin/python3 - "$sock" "$ctl" <<'EOF'
@@ -125,7 +122,5 @@ for name, _, _, h, _ in views:
 assert c.ok("x-dirtybitmap-query-views") == []
 c.close()
 EOF
-kill -TERM "$nbdkit_pid"
-wait_nbdkit_exit
-[ "$status" -eq 0 ] || fail "nbdkit exited with status $status"
+stop_cleanly
 qemu_check "$tmpdir/sidecar.qcow2"

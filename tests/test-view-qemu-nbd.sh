@@ -15,9 +15,7 @@ requires_views
 sock="$tmpdir/sock"
 ctl="$tmpdir/ctl"
 sidecar="$tmpdir/sidecar.qcow2"
-start_nbdkit_background "$sock" memory 16M \
-  dirtybitmap-file="$sidecar" dirtybitmap=cp1 dirtybitmap-control="$ctl"
-wait_control
+start_with_control 16M dirtybitmap=cp1
 uri="nbd+unix:///?socket=$sock"
 write_ranges "0 4096
 1048576 100000
@@ -118,7 +116,5 @@ c.close()
 EOF
 kill "$pid"
 qmp_ok x-dirtybitmap-view-remove '{"name": "backup"}'
-kill -TERM "$nbdkit_pid"
-wait_nbdkit_exit
-[ "$status" -eq 0 ] || fail "nbdkit exited with status $status"
+stop_cleanly
 qemu_check "$sidecar"

@@ -141,17 +141,12 @@ run_case ()
   local case="$1" dir="$2"
   shift 2
   rm -f "$sock" "$ctl" "$tmpdir/sidecar.qcow2"
-  start_nbdkit_background "$sock" memory 16M \
-    dirtybitmap-file="$tmpdir/sidecar.qcow2" dirtybitmap=b \
-    dirtybitmap-control="$ctl" dirtybitmap-view-scratch="$dir" "$@"
-  wait_control
+  start_with_control 16M dirtybitmap=b dirtybitmap-view-scratch="$dir" "$@"
   HELPERS_DIR="$abs_top_srcdir/tests/helpers" \
     /usr/bin/python3 "$tmpdir/scratch.py" "$case" "$sock" "$ctl" \
       "$nbdkit_pid" "$dir" ||
     fail "case $case: $(tail -n 5 "$sock.err")"
-  kill -TERM "$nbdkit_pid"
-  wait_nbdkit_exit
-  [ "$status" -eq 0 ] || fail "case $case: nbdkit exited with status $status"
+  stop_cleanly
   [ -z "$(ls -A "$dir")" ] || fail "case $case: left $(ls -A "$dir")"
 }
 

@@ -13,10 +13,7 @@ requires_views
 
 sock="$tmpdir/sock"
 ctl="$tmpdir/ctl"
-start_nbdkit_background "$sock" memory 16M \
-  dirtybitmap-file="$tmpdir/sidecar.qcow2" dirtybitmap=cp1 \
-  dirtybitmap-control="$ctl"
-wait_control
+start_with_control 16M dirtybitmap=cp1
 uri="nbd+unix:///?socket=$sock"
 write_ranges "65536 4096
 3000000 200000" a
@@ -114,9 +111,7 @@ except nbd.Error:
     pass
 c.close()
 EOF
-kill -TERM "$nbdkit_pid"
-wait_nbdkit_exit
-[ "$status" -eq 0 ] || fail "nbdkit exited with status $status"
+stop_cleanly
 qemu_check "$tmpdir/sidecar.qcow2"
 [ "$(bitmap_flags "$tmpdir/sidecar.qcow2" cp1)" = absent ] ||
   fail "cp1 is still in the sidecar"

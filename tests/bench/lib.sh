@@ -76,11 +76,13 @@ fs_type_of ()
 #                        dirtybitmap-crash-granularity=SIZE
 #   bmN-safe, bmN-unsafe the filter with N recording bitmaps (b0 ...),
 #                        crash-safe or not, and a control socket
+#   f-*, q-*             the views phase's (phase-views.sh): the
+#                        filter, qemu-storage-daemon
 # unsafe and safe-* run with debug messages (see run.sh).
 mode_has_filter ()
 {
   case "$1" in
-    no-filter|control) return 1 ;;
+    no-filter|control|q-*) return 1 ;;
     *) return 0 ;;
   esac
 }

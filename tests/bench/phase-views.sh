@@ -97,19 +97,6 @@ views_start ()
   die "the server of $mode did not start"
 }
 
-# views_stop MODE: stop the server cleanly; it must exit 0.
-views_stop ()
-{
-  local mode="$1" status=0
-  kill -TERM "$nbdkit_pid"
-  wait "$nbdkit_pid" || status=$?
-  nbdkit_pid=
-  if [ "$status" -ne 0 ]; then
-    cat "$nbdkit_log" >&2
-    die "the server of $mode exited with status $status"
-  fi
-}
-
 # views_sequential MODE N: one sequential 1M-block pass over the disk.
 views_sequential ()
 {
@@ -175,7 +162,7 @@ phase_views ()
       written="$("$PYTHON" "$bench_dir/fio-written.py" \
                    "$tmpdir/fio-views$run-$mode.json")" ||
         die "could not read the bytes written ($mode, run $run)"
-      views_stop "$mode"
+      stop_nbdkit "$mode"
       echo "$round $mode $IOPS $IOPS1 $written $scratch" >>"$results"
       printf '%-4s %-5s %-9s %12s %14s %14s %14s\n' "$run" "$round" \
         "$mode" "$IOPS" "$IOPS1" \

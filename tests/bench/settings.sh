@@ -49,6 +49,8 @@ for v in BENCH_SECONDS BENCH_PAIRS BENCH_IODEPTH BENCH_NUMJOBS \
          BENCH_VIEWS_SECONDS BENCH_VIEWS_ROUNDS; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v='${!v}' is not a positive integer"
 done
+[ "$BENCH_VIEWS_SECONDS" -ge 2 ] ||
+  die "BENCH_VIEWS_SECONDS=$BENCH_VIEWS_SECONDS: at least 2 (the first second is reported apart)"
 [[ "$BENCH_RAMP" =~ ^[0-9]+$ ]] || die "BENCH_RAMP='$BENCH_RAMP' is not an integer"
 [[ "$BENCH_PREFILL" =~ ^[01]$ ]] || die "BENCH_PREFILL='$BENCH_PREFILL' must be 0 or 1"
 [[ "$BENCH_PIN" =~ ^[01]$ ]] || die "BENCH_PIN='$BENCH_PIN' must be 0 or 1"
