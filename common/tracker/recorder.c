@@ -137,12 +137,24 @@ recorder_free (struct recorder *r)
   free (r);
 }
 
+/* Mark [OFFSET, OFFSET + COUNT) (COUNT > 0) in the current map, with
+ * the writer announced.
+ */
+static int
+mark_current (struct recorder *r, uint64_t offset, uint64_t count)
+{
+  const struct generation *g = __atomic_load_n (&r->current,
+                                                __ATOMIC_SEQ_CST);
+  uint64_t first = offset >> g->bits;
+  uint64_t last = (offset + count - 1) >> g->bits;
+
+  return dirtymap_set_range (g->map, first, last - first + 1) == -1 ? -1 : 0;
+}
+
 int
 recorder_mark (struct recorder *r, uint64_t offset, uint64_t count)
 {
   struct slot *slot = &r->slots[thread_slot ()];
-  const struct generation *g;
-  uint64_t first, last;
   int ret;
 
   if (count == 0)
@@ -151,10 +163,7 @@ recorder_mark (struct recorder *r, uint64_t offset, uint64_t count)
    * a swap either sees us busy, or we see its new map.
    */
   __atomic_add_fetch (&slot->busy, 1, __ATOMIC_SEQ_CST);
-  g = __atomic_load_n (&r->current, __ATOMIC_SEQ_CST);
-  first = offset >> g->bits;
-  last = (offset + count - 1) >> g->bits;
-  ret = dirtymap_set_range (g->map, first, last - first + 1) == -1 ? -1 : 0;
+  ret = mark_current (r, offset, count);
   __atomic_sub_fetch (&slot->busy, 1, __ATOMIC_RELEASE);
   return ret;
 }
@@ -191,8 +200,6 @@ int
 recorder_begin_write (struct recorder *r, uint64_t offset, uint64_t count)
 {
   struct slot *slot = &r->slots[thread_slot ()];
-  const struct generation *g;
-  uint64_t first, last;
   int gate;
 
   /* Announce first, then look at the gate (both sequentially
@@ -210,14 +217,9 @@ recorder_begin_write (struct recorder *r, uint64_t offset, uint64_t count)
       pthread_cond_wait (&r->gate_opened, &r->gate_lock);
     pthread_mutex_unlock (&r->gate_lock);
   }
-  if (count > 0) {
-    g = __atomic_load_n (&r->current, __ATOMIC_SEQ_CST);
-    first = offset >> g->bits;
-    last = (offset + count - 1) >> g->bits;
-    if (dirtymap_set_range (g->map, first, last - first + 1) == -1) {
-      recorder_end_write (r);
-      return -1;
-    }
+  if (count > 0 && mark_current (r, offset, count) == -1) {
+    recorder_end_write (r);
+    return -1;
   }
   return gate == GATE_OPEN_VIEWS;
 }

@@ -379,7 +379,7 @@ blocked_writer (void *arg)
 static void
 test_remove_while_reading (void)
 {
-  struct views *vs = new_views (0, VIEWS_BREAK_VIEW);
+  struct views *vs = new_views (65536, VIEWS_FAIL_WRITE);
   pthread_t reader, writer;
   uint8_t buf[16];
   struct view *v;
@@ -406,6 +406,9 @@ test_remove_while_reading (void)
   CHECK (disk[0] == 'q');
   remove_view (vs, "gone");
   CHECK (!views_exist (vs));
+  /* Its scratch space is back before its client lets go. */
+  add (vs, "next", NULL, NULL, 0);
+  CHECK (write_disk (vs, 5 * 65536, 10, 'n') == 0);
   CHECK (read_view (v, 0, 16, buf) == EIO);
   CHECK_ERROR_MENTIONS ("view 'gone' was removed");
   view_close (v);

@@ -71,7 +71,9 @@ extern struct view *view_new (struct views *vs, const char *name,
                               uint64_t size, char **error);
 extern void view_unref (struct view *v);
 
-/* Mark V removed: its clients' requests fail from now on. */
+/* Mark V removed: its clients' requests fail from now on; its
+ * scratch file goes once the reads under way have finished.
+ */
 extern void view_remove (struct view *v);
 
 /* *ERROR set from FMT, for the client; returns -1. */

@@ -215,6 +215,13 @@ view_remove (struct view *v)
 {
   pthread_mutex_lock (&v->lock);
   v->removed = true;
+  /* Its copies go now, not when its last client lets go: once the
+   * reads under way have finished, nothing can read them.
+   */
+  while (v->ops)
+    pthread_cond_wait (&v->changed, &v->lock);
+  scratch_free (v->scratch);
+  v->scratch = NULL;
   pthread_cond_broadcast (&v->changed);
   pthread_mutex_unlock (&v->lock);
   nbdkit_debug ("dirtybitmap: view '%s' removed", v->name);
