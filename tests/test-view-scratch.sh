@@ -101,13 +101,17 @@ if case == "trim":
     assert info()["scratch-bytes"] == MiB, info()
     assert os.listdir(scratch) == [], os.listdir(scratch)
     c.ok("x-dirtybitmap-view-remove", {"name": "v"})
-    # The file goes with the view's last client at the latest.
-    view.shutdown()
+    # The file goes with the view, its client still connected.
     for _ in range(100):
         if not scratch_files():
             break
         time.sleep(0.05)
     assert scratch_files() == [], scratch_files()
+    try:
+        view.pread(512, 4 * MiB)
+        raise AssertionError("a removed view served a read")
+    except nbd.Error as e:
+        assert e.errnum == errno.EIO, e
 elif case in ("limit-break", "full-break"):
     assert write_error(0, 2 * MiB) == 0     # the write goes on
     assert live.pread(2 * MiB, 0) == b"b" * (2 * MiB)
