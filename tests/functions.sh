@@ -301,16 +301,6 @@ for line in os.environ["RANGES"].split("\n"):
 EOF
 }
 
-# The view tests need a filter built with views (issue 10); until the
-# mechanism is merged they are skipped, never failed.
-requires_views ()
-{
-  if ! grep -q x-dirtybitmap-view-add "$FILTER"; then
-    echo "$0: SKIP: this filter has no point-in-time views" >&2
-    exit 77
-  fi
-}
-
 # The view tests' server: nbdkit with the filter on a memory disk of
 # SIZE (the first argument), serving on "$sock" with the sidecar
 # "$tmpdir/sidecar.qcow2" and the control socket "$ctl"; the other

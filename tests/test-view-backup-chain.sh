@@ -11,7 +11,6 @@
 # wholly out); the incrementals copy less than the disk; nothing is
 # left but the last checkpoint and the chain.
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
-requires_views
 
 pod="$abs_top_srcdir/man/nbdkit-dirtybitmap-filter.pod"
 /usr/bin/python3 - "$pod" > "$tmpdir/backup.py" <<'EOF'

@@ -17,7 +17,6 @@
 # A view of a checkpoint refuses reads outside it (EPERM), every view
 # refuses writes (EPERM), and a removed view serves nothing.
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
-requires_views
 
 sock="$tmpdir/sock"
 ctl="$tmpdir/ctl"

@@ -10,7 +10,6 @@
 # extent block_status reports, the view's data: the disk before the
 # writes that followed the transaction.
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
-requires_views
 
 sock="$tmpdir/sock"
 ctl="$tmpdir/ctl"

@@ -12,7 +12,6 @@
 # fails the write (ENOSPC at the limit, EIO for a failed copy) and
 # keeps the view.
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
-requires_views
 requires mount umount
 
 sock="$tmpdir/sock"

@@ -9,7 +9,6 @@
 # changed, and the view keeps serving what it froze; a transaction
 # removes the view and the frozen checkpoint together.
 source "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
-requires_views
 
 sock="$tmpdir/sock"
 ctl="$tmpdir/ctl"

@@ -25,9 +25,6 @@
 # view's scratch-bytes; the target qcow2's allocated bytes).
 
 views_modes="f-none f-new f-copied"
-if ! grep -q x-dirtybitmap-view-add "$FILTER"; then
-  views_modes="f-none"                  # a filter built before views
-fi
 views_qsd_note="qemu-storage-daemon not installed (apt-get install qemu-system-common): q-* modes skipped"
 if command -v qemu-storage-daemon >/dev/null 2>&1; then
   views_modes+=" q-none q-new q-copied"
