@@ -274,7 +274,7 @@ unregister_op (struct view *v, struct op *op)
 }
 
 /* The view breaks: its reads fail from now on, its copies go.  Lock
- * held.
+ * held, and no operation of ours registered.
  */
 static void
 break_view (struct view *v, const char *reason)
@@ -288,6 +288,9 @@ break_view (struct view *v, const char *reason)
                 "start the backup again", v->name, reason);
   v->reason = strdup (reason);
   __atomic_store_n (&v->broken, true, __ATOMIC_RELEASE);
+  /* Copies by other writers under way would store after the release. */
+  while (v->ops)
+    pthread_cond_wait (&v->changed, &v->lock);
   for (g = 0; g < v->nr_granules; ++g)
     clear_bit (v->copied, g);
   scratch_release_all (v->scratch);
