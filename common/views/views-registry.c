@@ -158,16 +158,16 @@ views_stage_add (struct views_stage *st, const char *name,
   struct view *v;
 
   if (len == 0 || len > VIEWS_NAME_MAX)
-    return views_fail (error, "View name must be 1 to %d bytes long, not %zu",
-                 VIEWS_NAME_MAX, len);
+    return views_fail (error, "View name must be 1 to %d bytes long, not "
+                       "%zu", VIEWS_NAME_MAX, len);
   if (!utf8_is_valid (name, len))
     return views_fail (error, "View name must be valid UTF-8");
   if (find_staged (st, name) != -1)
     return views_fail (error, "a view named '%s' already exists", name);
   if (st->n == VIEWS_MAX)
-    return views_fail (error, "View '%s' cannot be added: there are %d views "
-                 "already, the most one server holds; remove some first",
-                 name, VIEWS_MAX);
+    return views_fail (error, "View '%s' cannot be added: there are %d "
+                       "views already, the most one server holds; remove "
+                       "some first", name, VIEWS_MAX);
   v = view_new (st->vs, name, bitmap, dirty, bits, disk_size, error);
   if (v == NULL)
     return -1;

@@ -62,8 +62,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -103,13 +101,16 @@ needs_copy (const struct view *v, uint64_t g)
   return test_bit (v->frozen, g) && !test_bit (v->copied, g);
 }
 
-/* The disk's bytes [first granule, last granule]. */
+/* Where granule G starts on the disk. */
 static uint64_t
 granule_offset (const struct view *v, uint64_t g)
 {
   return g << v->bits;
 }
 
+/* The bytes of granules [FIRST, LAST]: the disk's last one may be
+ * short.
+ */
 static uint64_t
 run_bytes (const struct view *v, uint64_t first, uint64_t last)
 {
@@ -150,7 +151,9 @@ freeze (struct view *v, const struct dirtymap *dirty)
   uint64_t g, last;
 
   if (dirty == NULL) {
-    for (g = 0; g < v->nr_granules; ++g)
+    /* Nobody sees the view yet: whole words, then the last bits. */
+    memset (v->frozen, 0xff, v->nr_granules / 64 * sizeof (uint64_t));
+    for (g = v->nr_granules / 64 * 64; g < v->nr_granules; ++g)
       set_bit (v->frozen, g);
     v->frozen_bytes = v->size;
     return;
@@ -185,9 +188,9 @@ view_new (struct views *vs, const char *name, const char *bitmap,
   v->nr_granules = (size + (UINT64_C(1) << v->bits) - 1) >> v->bits;
   if (v->nr_granules > MAX_GRANULES) {
     view_free (v);
-    return views_fail (error, "view '%s' would need more than %" PRIu64 " "
-                 "granules: use a bitmap of a coarser granularity", name,
-                 MAX_GRANULES), NULL;
+    return views_fail (error, "view '%s' would need more than %" PRIu64
+                       " granules: use a bitmap of a coarser granularity",
+                       name, MAX_GRANULES), NULL;
   }
   words = (v->nr_granules + 63) / 64 + 1;
   v->frozen = calloc (words, sizeof (uint64_t));
@@ -199,8 +202,8 @@ view_new (struct views *vs, const char *name, const char *bitmap,
   v->scratch = scratch_new (vs->cfg->scratch_dir, name, &vs->budget);
   if (v->scratch == NULL) {
     view_free (v);
-    return views_fail (error, "view '%s': its scratch file could not be made "
-                 "(see nbdkit's log)", name), NULL;
+    return views_fail (error, "view '%s': its scratch file could not be "
+                       "made (see nbdkit's log)", name), NULL;
   }
   freeze (v, dirty);
   return v;
@@ -271,7 +274,7 @@ unregister_op (struct view *v, struct op *op)
 }
 
 /* The view breaks: its reads fail from now on, its copies go.  Lock
- * held.
+ * held, and no operation of ours registered.
  */
 static void
 break_view (struct view *v, const char *reason)
@@ -285,6 +288,9 @@ break_view (struct view *v, const char *reason)
                 "start the backup again", v->name, reason);
   v->reason = strdup (reason);
   __atomic_store_n (&v->broken, true, __ATOMIC_RELEASE);
+  /* Copies by other writers under way would store after the release. */
+  while (v->ops)
+    pthread_cond_wait (&v->changed, &v->lock);
   for (g = 0; g < v->nr_granules; ++g)
     clear_bit (v->copied, g);
   scratch_release_all (v->scratch);

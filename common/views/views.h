@@ -26,8 +26,9 @@
 
 #include "dirtymap.h"
 
-/* Views one server holds at most: each costs two bits per granule and
- * a scratch file.
+/* Views one server holds at most: each costs two bits per granule
+ * (2^32 granules at most, 1 GiB of maps; a whole-disk view of 1 TiB
+ * takes 4 MiB) and a scratch file descriptor.
  */
 #define VIEWS_MAX 64
 
