@@ -22,14 +22,14 @@ struct slot {
   char pad[56];                 /* one cache line per slot */
 };
 
-struct generation {
+struct recorder_generation {
   struct dirtymap *map;
   unsigned bits;
 };
 
 struct recorder {
   uint64_t size;
-  struct generation *current;   /* read by writers without a lock */
+  struct recorder_generation *current;   /* read by writers without a lock */
   struct slot slots[NR_SLOTS];
 };
 
@@ -81,10 +81,10 @@ thread_slot (void)
   return my_slot;
 }
 
-static struct generation *
+static struct recorder_generation *
 generation_new (uint64_t size, unsigned bits)
 {
-  struct generation *g = malloc (sizeof *g);
+  struct recorder_generation *g = malloc (sizeof *g);
 
   if (g == NULL) {
     nbdkit_error ("malloc: %m");
@@ -127,33 +127,52 @@ recorder_free (struct recorder *r)
   free (r);
 }
 
+const struct recorder_generation *
+recorder_hold (struct recorder *r)
+{
+  /* Announce first, then read the map (both sequentially consistent):
+   * a swap either sees us busy, or we see its new map.
+   */
+  __atomic_add_fetch (&r->slots[thread_slot ()].busy, 1, __ATOMIC_SEQ_CST);
+  return __atomic_load_n (&r->current, __ATOMIC_SEQ_CST);
+}
+
+int
+recorder_mark_held (const struct recorder_generation *g, uint64_t offset,
+                    uint64_t count)
+{
+  uint64_t first, last;
+
+  if (count == 0)
+    return 0;
+  first = offset >> g->bits;
+  last = (offset + count - 1) >> g->bits;
+  return dirtymap_set_range (g->map, first, last - first + 1) == -1 ? -1 : 0;
+}
+
+void
+recorder_release (struct recorder *r)
+{
+  __atomic_sub_fetch (&r->slots[thread_slot ()].busy, 1, __ATOMIC_RELEASE);
+}
+
 int
 recorder_mark (struct recorder *r, uint64_t offset, uint64_t count)
 {
-  struct slot *slot = &r->slots[thread_slot ()];
-  const struct generation *g;
-  uint64_t first, last;
   int ret;
 
   if (count == 0)
     return 0;
-  /* Announce first, then read the map (both sequentially consistent):
-   * a swap either sees us busy, or we see its new map.
-   */
-  __atomic_add_fetch (&slot->busy, 1, __ATOMIC_SEQ_CST);
-  g = __atomic_load_n (&r->current, __ATOMIC_SEQ_CST);
-  first = offset >> g->bits;
-  last = (offset + count - 1) >> g->bits;
-  ret = dirtymap_set_range (g->map, first, last - first + 1) == -1 ? -1 : 0;
-  __atomic_sub_fetch (&slot->busy, 1, __ATOMIC_RELEASE);
+  ret = recorder_mark_held (recorder_hold (r), offset, count);
+  recorder_release (r);
   return ret;
 }
 
 struct dirtymap *
 recorder_swap (struct recorder *r, unsigned new_bits, unsigned *old_bits)
 {
-  struct generation *fresh = generation_new (r->size, new_bits);
-  struct generation *old;
+  struct recorder_generation *fresh = generation_new (r->size, new_bits);
+  struct recorder_generation *old;
   struct dirtymap *map;
   size_t i;
 

@@ -35,6 +35,18 @@ extern void recorder_free (struct recorder *r);
 extern int recorder_mark (struct recorder *r, uint64_t offset,
                           uint64_t count);
 
+/* recorder_mark in three steps, around other work that a swap must
+ * wait for (the journal's durable mark): recorder_hold announces that
+ * this thread is marking and returns the map its marks go to, which a
+ * swap that publishes a new map afterwards folds only once
+ * recorder_release is called; recorder_mark_held marks it.  Lock-free.
+ */
+struct recorder_generation;
+extern const struct recorder_generation *recorder_hold (struct recorder *r);
+extern int recorder_mark_held (const struct recorder_generation *g,
+                               uint64_t offset, uint64_t count);
+extern void recorder_release (struct recorder *r);
+
 /* Publish an empty map of granules of 1 << NEW_BITS bytes and return
  * the old one, with its granularity in *OLD_BITS, once no writer can
  * be marking it.  Callers are serialised by the caller.  NULL after
