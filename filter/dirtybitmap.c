@@ -29,6 +29,7 @@ static struct tracker_config config;
 static struct tracker *tracker;
 static char *control_path;              /* dirtybitmap-control= */
 static struct qmp_server *control;
+static struct store_timer *store_timer; /* dirtybitmap-store-interval= */
 
 static void
 dirtybitmap_load (void)
@@ -113,6 +114,13 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     return set_path (value, true, tracker_config_set_data);
   if (strcmp (key, "dirtybitmap-data-id") == 0)
     return tracker_config_set_data_id (&config, value);
+  if (strcmp (key, "dirtybitmap-store-interval") == 0) {
+    unsigned seconds;
+    if (nbdkit_parse_unsigned ("dirtybitmap-store-interval", value,
+                               &seconds) == -1)
+      return -1;
+    return tracker_config_set_store_interval (&config, seconds);
+  }
   /* The file plugin's data (or some other plugin's file=, which the
    * tracker uses only if it is the only one): noted, and passed on.
    */
@@ -155,7 +163,8 @@ dirtybitmap_config_complete (nbdkit_next_config_complete *next,
   "dirtybitmap-in-use=keep|refuse|reset Bitmaps left in use (default keep).\n" \
   "dirtybitmap-data=<FILE|DEVICE> The data the bitmaps describe (default: file=).\n" \
   "dirtybitmap-data-id=<STRING> Identifies the data when no file can.\n" \
-  "dirtybitmap-control=<SOCKET> QMP socket to manage bitmaps while serving."
+  "dirtybitmap-control=<SOCKET> QMP socket to manage bitmaps while serving.\n" \
+  "dirtybitmap-store-interval=<SECONDS> Periodic store (default 300, 0: off)."
 
 /* Open the default export once, before serving anyone, so that a
  * sidecar that does not fit is refused at start-up.  Some plugins can
@@ -186,7 +195,7 @@ dirtybitmap_after_fork (nbdkit_backend *backend)
     if (control == NULL)
       return -1;
   }
-  return 0;
+  return store_timer_start (tracker, &store_timer);
 }
 
 /* Flush the data of EXPORTNAME through a context of our own: every
@@ -215,6 +224,8 @@ dirtybitmap_cleanup (nbdkit_backend *backend)
 {
   qmp_server_stop (control);
   control = NULL;
+  store_timer_stop (store_timer);
+  store_timer = NULL;
   tracker_record_identity (tracker, flush_data, backend);
   tracker_stop (tracker);     /* failures are kept for the exit status */
 }

@@ -27,6 +27,13 @@
 #define TRACKER_DEFAULT_JOURNAL_MAX_BYTES (UINT64_C(1) << 20)
 #define TRACKER_JOURNAL_MAX_BYTES (UINT64_C(64) << 20)
 
+/* Seconds between periodic stores with crash safety: after a crash,
+ * the bitmaps are exact but for the writes of the last five minutes,
+ * which come back by journal region; a store every five minutes costs
+ * little next to that (see the man page, AFTER A CRASH).
+ */
+#define TRACKER_DEFAULT_STORE_INTERVAL 300
+
 /* What to do with a bitmap left in use that cannot be recovered. */
 enum tracker_in_use_policy {
   IN_USE_KEEP,                  /* leave it in use, as QEMU does */
@@ -48,6 +55,9 @@ struct tracker_config {
   bool data_path_given;         /* by dirtybitmap-data=, not file= */
   unsigned nr_plugin_files;     /* file= seen passing to the plugin */
   char *data_token;             /* dirtybitmap-data-id= */
+  unsigned store_interval;      /* seconds between periodic stores, 0:
+                                   none */
+  bool store_interval_given;    /* dirtybitmap-store-interval= */
 };
 
 extern void tracker_config_init (struct tracker_config *cfg);
@@ -75,6 +85,9 @@ extern int tracker_config_note_plugin_file (struct tracker_config *cfg,
                                             const char *path);
 extern int tracker_config_set_data_id (struct tracker_config *cfg,
                                        const char *token);
+/* dirtybitmap-store-interval=SECONDS, as nbdkit parsed it. */
+extern int tracker_config_set_store_interval (struct tracker_config *cfg,
+                                              unsigned seconds);
 /* All required parameters are there. */
 extern int tracker_config_check (const struct tracker_config *cfg);
 
@@ -177,6 +190,19 @@ extern void tracker_free_infos (struct tracker_bitmap_info *infos, size_t n);
  * recording become consistent on disk.
  */
 extern int tracker_store_now (struct tracker *t, char **error);
+
+/* The periodic store (dirtybitmap-store-interval): if tracking has
+ * started and something was written since the last store, store every
+ * persistent bitmap, as tracker_store_now, and truncate the journal;
+ * errors are logged.  store_timer_start runs it in a thread of its
+ * own every interval, with crash safety only (*TIMER stays NULL
+ * otherwise); -1 after nbdkit_error.  store_timer_stop stops it and
+ * waits for a store under way.
+ */
+extern void tracker_store_if_written (struct tracker *t);
+struct store_timer;
+extern int store_timer_start (struct tracker *t, struct store_timer **timer);
+extern void store_timer_stop (struct store_timer *timer);
 
 struct tracker_extent {
   uint64_t offset, length;

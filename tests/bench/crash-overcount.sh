@@ -23,7 +23,7 @@
 #                         (default: this one), e.g. a worktree of an
 #                         older commit
 #   W1_MB=400 W2_MB=30 WRITE_KB=64 DISK_GB=4 SEED=1
-#   EXTRA="dirtybitmap-crash-granularity=64K" SLEEP_BEFORE_KILL=3
+#   EXTRA="dirtybitmap-store-interval=1" SLEEP_BEFORE_KILL=3
 #                         extra filter parameters, and seconds to wait
 #                         between the last write and kill -9
 abs_top_srcdir="$(cd "$(dirname "$0")/../.." && pwd)"
