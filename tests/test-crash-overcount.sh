@@ -20,7 +20,6 @@ disk="$tmpdir/disk.img"
 sidecar="$tmpdir/disk.qcow2"
 sock="$tmpdir/nbd.sock"
 ctl="$tmpdir/ctl"
-pidfile="$tmpdir/nbdkit.pid"
 uri="nbd+unix:///?socket=$sock"
 truncate -s $size "$disk"
 args=(file "$disk" dirtybitmap-file="$sidecar" dirtybitmap=since-start)
@@ -32,27 +31,14 @@ after="$(for k in $(seq 1 4 29); do echo "$((k * M + 8192)) 4096"; done
          echo "$((3 * 65536)) 4096")"
 regions_of () { awk -v M=$M '{ print int($1 / M) * M, M }'; }
 
-nbdkit --filter="$FILTER" -P "$pidfile" -U "$sock" "${args[@]}" \
-  dirtybitmap-control="$ctl"
-# The daemon writes its pid file and control socket once it serves.
-for (( i = 0; i < 100; i++ )); do
-  [ -s "$pidfile" ] && [ -S "$ctl" ] && break
-  sleep 0.05
-done
-[ -s "$pidfile" ] && [ -S "$ctl" ] || fail "nbdkit did not start as a daemon"
-pid="$(cat "$pidfile")"
-cleanup_fn "kill -9 $pid 2>/dev/null"
+start_nbdkit_daemon "$sock" "${args[@]}" dirtybitmap-control="$ctl"
+wait_control
 
 write_ranges "$before"
 qmp_ok transaction \
   '{"actions":[{"type":"block-dirty-bitmap-add","data":{"name":"checkpoint","persistent":true}}]}'
 write_ranges "$after"
-kill -9 "$pid"
-for (( i = 0; i < 100; i++ )); do
-  kill -0 "$pid" 2>/dev/null || break
-  sleep 0.05
-done
-kill -0 "$pid" 2>/dev/null && fail "nbdkit (pid $pid) survived kill -9"
+kill9_daemon
 for b in since-start checkpoint; do
   [ "$(bitmap_flags "$sidecar" $b)" = "in-use,auto 65536" ] ||
     fail "$b after kill -9: '$(bitmap_flags "$sidecar" $b)'"

@@ -38,7 +38,6 @@ disk="$tmpdir/disk.img"
 sidecar="$tmpdir/disk.qcow2"
 sock="$tmpdir/nbd.sock"
 ctl="$tmpdir/ctl"
-pidfile="$tmpdir/nbdkit.pid"
 uri="nbd+unix:///?socket=$sock"
 truncate -s $size "$disk"
 # shellcheck disable=SC2206
@@ -66,27 +65,15 @@ PY
 }
 export WRITE_KB SEED DISK_BYTES=$size
 
-nbdkit --filter="$FILTER" -P "$pidfile" -U "$sock" "${args[@]}" \
-  dirtybitmap-control="$ctl"
-# The daemon writes its pid file and control socket once it serves.
-for (( i = 0; i < 100; i++ )); do
-  [ -s "$pidfile" ] && [ -S "$ctl" ] && break
-  sleep 0.05
-done
-[ -s "$pidfile" ] && [ -S "$ctl" ] || fail "nbdkit did not start as a daemon"
-pid="$(cat "$pidfile")"
-cleanup_fn "kill -9 $pid 2>/dev/null"
+start_nbdkit_daemon "$sock" "${args[@]}" dirtybitmap-control="$ctl"
+wait_control
 
 write_phase before "$W1_MB" > /dev/null
 qmp_ok transaction \
   '{"actions":[{"type":"block-dirty-bitmap-add","data":{"name":"checkpoint","persistent":true}}]}'
 write_phase after "$W2_MB" > "$tmpdir/after"
 sleep "$SLEEP_BEFORE_KILL"
-kill -9 "$pid"
-for (( i = 0; i < 100; i++ )); do
-  kill -0 "$pid" 2>/dev/null || break
-  sleep 0.05
-done
+kill9_daemon
 restart_after_crash "$tmpdir/restart.sock" "${args[@]}" ||
   fail "the restart after kill -9 failed"
 qemu_check "$sidecar"
