@@ -29,7 +29,7 @@ static struct tracker_config config;
 static struct tracker *tracker;
 static char *control_path;              /* dirtybitmap-control= */
 static struct qmp_server *control;
-static struct store_timer *store_timer; /* dirtybitmap-store-interval= */
+static struct tracker_store_timer *store_timer;  /* periodic store */
 
 static void
 dirtybitmap_load (void)
@@ -195,7 +195,7 @@ dirtybitmap_after_fork (nbdkit_backend *backend)
     if (control == NULL)
       return -1;
   }
-  return store_timer_start (tracker, &store_timer);
+  return tracker_store_timer_start (tracker, &store_timer);
 }
 
 /* Flush the data of EXPORTNAME through a context of our own: every
@@ -224,7 +224,7 @@ dirtybitmap_cleanup (nbdkit_backend *backend)
 {
   qmp_server_stop (control);
   control = NULL;
-  store_timer_stop (store_timer);
+  tracker_store_timer_stop (store_timer);
   store_timer = NULL;
   tracker_record_identity (tracker, flush_data, backend);
   tracker_stop (tracker);     /* failures are kept for the exit status */

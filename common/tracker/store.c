@@ -110,7 +110,7 @@ tracker_store_if_written (struct tracker *t)
 }
 
 /* The periodic store's thread. */
-struct store_timer {
+struct tracker_store_timer {
   struct tracker *tracker;
   unsigned seconds;
   pthread_t thread;
@@ -122,7 +122,7 @@ struct store_timer {
 static void *
 run_timer (void *arg)
 {
-  struct store_timer *st = arg;
+  struct tracker_store_timer *st = arg;
   struct timespec due;
 
   pthread_mutex_lock (&st->lock);
@@ -146,9 +146,10 @@ run_timer (void *arg)
 }
 
 int
-store_timer_start (struct tracker *t, struct store_timer **timer)
+tracker_store_timer_start (struct tracker *t,
+                           struct tracker_store_timer **timer)
 {
-  struct store_timer *st;
+  struct tracker_store_timer *st;
   pthread_condattr_t attr;
   int err;
 
@@ -185,7 +186,7 @@ store_timer_start (struct tracker *t, struct store_timer **timer)
 }
 
 void
-store_timer_stop (struct store_timer *st)
+tracker_store_timer_stop (struct tracker_store_timer *st)
 {
   if (st == NULL)
     return;

@@ -169,8 +169,10 @@ struct tracker_action {
  * recorded as if it came entirely before or entirely after all of
  * them.  Either all take effect, or none does and nothing changes,
  * whatever stops one (an invalid action, QEMU's limits, memory).
- * Changes to persistent bitmaps are then committed to the sidecar; if
- * that fails they stay made in memory, and the next store retries.
+ * Changes to persistent bitmaps are then committed to the sidecar
+ * (with crash safety, with every recording bitmap, and the journal
+ * truncated); if that fails they stay made in memory, and the next
+ * store retries.
  */
 extern int tracker_transaction (struct tracker *t,
                                 const struct tracker_action *actions,
@@ -187,22 +189,24 @@ extern int tracker_query (struct tracker *t, struct tracker_bitmap_info **infos,
 extern void tracker_free_infos (struct tracker_bitmap_info *infos, size_t n);
 
 /* Make every persistent bitmap durable in the sidecar now; those not
- * recording become consistent on disk.
+ * recording become consistent on disk.  With crash safety the journal
+ * is then truncated to the writes made since.
  */
 extern int tracker_store_now (struct tracker *t, char **error);
 
 /* The periodic store (dirtybitmap-store-interval): if tracking has
  * started and something was written since the last store, store every
  * persistent bitmap, as tracker_store_now, and truncate the journal;
- * errors are logged.  store_timer_start runs it in a thread of its
- * own every interval, with crash safety only (*TIMER stays NULL
- * otherwise); -1 after nbdkit_error.  store_timer_stop stops it and
- * waits for a store under way.
+ * errors are logged.  tracker_store_timer_start runs it every
+ * interval in a thread of its own, with crash safety only (*TIMER
+ * stays NULL otherwise); -1 after nbdkit_error.
+ * tracker_store_timer_stop stops it, waiting for a store under way.
  */
 extern void tracker_store_if_written (struct tracker *t);
-struct store_timer;
-extern int store_timer_start (struct tracker *t, struct store_timer **timer);
-extern void store_timer_stop (struct store_timer *timer);
+struct tracker_store_timer;
+extern int tracker_store_timer_start (struct tracker *t,
+                                      struct tracker_store_timer **timer);
+extern void tracker_store_timer_stop (struct tracker_store_timer *timer);
 
 struct tracker_extent {
   uint64_t offset, length;
