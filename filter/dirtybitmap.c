@@ -35,6 +35,7 @@ static char *control_path;              /* dirtybitmap-control= */
 static struct qmp_server *control;
 static struct views_config view_config;
 static struct views *views;
+static struct tracker_store_timer *store_timer;  /* periodic store */
 
 static void
 dirtybitmap_load (void)
@@ -121,6 +122,13 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     return set_path (value, true, tracker_config_set_data);
   if (strcmp (key, "dirtybitmap-data-id") == 0)
     return tracker_config_set_data_id (&config, value);
+  if (strcmp (key, "dirtybitmap-store-interval") == 0) {
+    unsigned seconds;
+    if (nbdkit_parse_unsigned ("dirtybitmap-store-interval", value,
+                               &seconds) == -1)
+      return -1;
+    return tracker_config_set_store_interval (&config, seconds);
+  }
   /* The file plugin's data (or some other plugin's file=, which the
    * tracker uses only if it is the only one): noted, and passed on.
    */
@@ -196,7 +204,8 @@ dirtybitmap_config_complete (nbdkit_next_config_complete *next,
   "                            the sidecar's directory).\n" \
   "dirtybitmap-view-scratch-limit=<SIZE> Views' scratch bytes at most.\n" \
   "dirtybitmap-view-on-error=break-view|fail-write A failed copy (default\n" \
-  "                            break-view)."
+  "                            break-view).\n" \
+  "dirtybitmap-store-interval=<SECONDS> Periodic store (default 300, 0: off)."
 
 /* Open the default export once, before serving anyone, so that a
  * sidecar that does not fit is refused at start-up.  Some plugins can
@@ -227,7 +236,7 @@ dirtybitmap_after_fork (nbdkit_backend *backend)
     if (control == NULL)
       return -1;
   }
-  return 0;
+  return tracker_store_timer_start (tracker, &store_timer);
 }
 
 /* Flush the data of EXPORTNAME through a context of our own: every
@@ -256,6 +265,8 @@ dirtybitmap_cleanup (nbdkit_backend *backend)
 {
   qmp_server_stop (control);
   control = NULL;
+  tracker_store_timer_stop (store_timer);
+  store_timer = NULL;
   tracker_record_identity (tracker, flush_data, backend);
   tracker_stop (tracker);     /* failures are kept for the exit status */
 }

@@ -321,4 +321,35 @@ stop_cleanly ()
   wait_nbdkit_exit
   [ "$status" -eq 0 ] ||
     fail "nbdkit exited with status $status: $(tail -n 3 "$sock.err")"
+# Start nbdkit with the filter as a daemon, as users run it: nbdkit
+# forks into the background, writes the pid file SOCK.pid and serves on
+# the Unix socket SOCK; the rest of the arguments are nbdkit's.  Waits
+# until it serves and sets $nbdkit_pid to the daemon's pid (not a child
+# of this shell: wait_nbdkit_exit cannot reap it, kill9_daemon stops it).
+start_nbdkit_daemon ()
+{
+  local sock="$1" i
+  shift
+  nbdkit -U "$sock" -P "$sock.pid" --filter="$FILTER" "$@"
+  for (( i = 0; i < 100; i++ )); do
+    [ -S "$sock" ] && [ -s "$sock.pid" ] && break
+    sleep 0.05
+  done
+  [ -S "$sock" ] && [ -s "$sock.pid" ] ||
+    fail "nbdkit did not start as a daemon on $sock"
+  nbdkit_pid="$(cat "$sock.pid")"
+  cleanup_fn "kill -9 $nbdkit_pid 2>/dev/null"
+}
+
+# kill -9 the daemon that start_nbdkit_daemon started, and wait until
+# it is gone.
+kill9_daemon ()
+{
+  local i
+  kill -9 "$nbdkit_pid"
+  for (( i = 0; i < 100; i++ )); do
+    kill -0 "$nbdkit_pid" 2>/dev/null || return 0
+    sleep 0.05
+  done
+  fail "nbdkit (pid $nbdkit_pid) survived kill -9"
 }

@@ -17,7 +17,6 @@
 
 #include <nbdkit-filter.h>
 
-#include "data-identity.h"
 #include "qcow2-format.h"
 #include "tracker-internal.h"
 #include "utf8.h"
@@ -502,19 +501,6 @@ commit_stage (struct tracker *t, struct stage *st)
     views_stage_commit (st->views);
 }
 
-static int
-commit_live (struct tracker *t, char **error)
-{
-  /* A heartbeat: after a crash, the data must be no older than this. */
-  if (data_identity_record (t->cfg, t->sidecar, QCOW2_IDENTITY_SESSION,
-                            false) == -1 ||
-      sidecar_commit_live (t->sidecar) == -1)
-    return fail (error, "the change is made in memory but could not be "
-                 "stored in %s (see nbdkit's log); the next store retries",
-                 sidecar_path (t->sidecar));
-  return 0;
-}
-
 /* Stage every action; 0 or -1 with *ERROR set. */
 static int
 prepare_actions (struct tracker *t, struct stage *st, bool prepare,
@@ -558,7 +544,7 @@ tracker_transaction (struct tracker *t, const struct tracker_action *actions,
   before = tracker_recording_bits (t);
   if (gate)
     recorder_close_gate (t->recorder);
-  if (tracker_fold_locked (t, before < after ? before : after) == -1) {
+  if (tracker_fold_epoch_locked (t, before < after ? before : after) == -1) {
     fail (error, "out of memory");
     goto out;
   }
@@ -574,7 +560,7 @@ tracker_transaction (struct tracker *t, const struct tracker_action *actions,
   if (after > before && tracker_fold_locked (t, after) == -1)
     nbdkit_debug ("dirtybitmap: out of memory: writes are recorded at a "
                   "finer granularity than needed until the next change");
-  r = persistent_changed ? commit_live (t, error) : 0;
+  r = persistent_changed ? tracker_commit_live_locked (t, error) : 0;
 
  out:
   if (gate && t->started)
@@ -655,18 +641,11 @@ tracker_free_infos (struct tracker_bitmap_info *infos, size_t n)
 int
 tracker_store_now (struct tracker *t, char **error)
 {
-  size_t i;
   int r = -1;
 
   pthread_mutex_lock (&t->lock);
-  if (bring_up_to_date (t, error) == -1)
-    goto out;
-  for (i = 0; i < t->nr_bitmaps; ++i)
-    if (t->bitmaps[i].stored && t->bitmaps[i].data)
-      sidecar_bitmap_mark_changed (t->bitmaps[i].stored);
-  r = commit_live (t, error);
-
- out:
+  if (ensure_started (t, error) == 0)
+    r = tracker_store_locked (t, error);
   pthread_mutex_unlock (&t->lock);
   return r;
 }

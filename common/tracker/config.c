@@ -23,6 +23,7 @@ tracker_config_init (struct tracker_config *cfg)
   cfg->granularity_bits = TRACKER_DEFAULT_GRANULARITY_BITS;
   cfg->crash_safe = true;
   cfg->in_use_policy = IN_USE_KEEP;
+  cfg->store_interval = TRACKER_DEFAULT_STORE_INTERVAL;
 }
 
 void
@@ -212,8 +213,27 @@ tracker_config_set_data_id (struct tracker_config *cfg, const char *token)
 }
 
 int
+tracker_config_set_store_interval (struct tracker_config *cfg,
+                                   unsigned seconds)
+{
+  cfg->store_interval = seconds;
+  cfg->store_interval_given = true;
+  return 0;
+}
+
+int
 tracker_config_check (const struct tracker_config *cfg)
 {
+  if (cfg->store_interval_given && cfg->store_interval > 0 &&
+      !cfg->crash_safe) {
+    nbdkit_error ("dirtybitmap-store-interval=%u needs crash safety: with "
+                  "dirtybitmap-crash-safe=false a bitmap recording at a "
+                  "crash is not trusted whatever was stored, so a periodic "
+                  "store bounds nothing; leave dirtybitmap-store-interval "
+                  "out, or set dirtybitmap-crash-safe=true",
+                  cfg->store_interval);
+    return -1;
+  }
   if (cfg->data_path_given && cfg->data_token) {
     nbdkit_error ("dirtybitmap-data= and dirtybitmap-data-id= both given: "
                   "the data is identified by one of them");

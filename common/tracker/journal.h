@@ -18,6 +18,7 @@
 #ifndef DIRTYBITMAP_JOURNAL_H
 #define DIRTYBITMAP_JOURNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -60,6 +61,33 @@ extern void journal_free (struct journal *j);
  * too.
  */
 extern int journal_mark (struct journal *j, uint64_t offset, uint64_t count);
+
+/* Begin an epoch: from now on marks set the epoch's bits, and a region
+ * counts as durable only once it is durable in this epoch.  The
+ * caller must then make sure that every mark begun before the call
+ * has finished (the tracker takes the recorder's map before the durable
+ * mark and marks it after, under one announcement, and folds right
+ * after beginning an epoch, which waits for them), and say so with
+ * journal_epoch_settled; until then a new epoch is not begun and the
+ * journal not truncated.  -1 after nbdkit_error (memory), with the
+ * epoch unchanged.  Thread-safe.
+ */
+extern int journal_begin_epoch (struct journal *j);
+extern void journal_epoch_settled (struct journal *j);
+
+/* Whether any region was marked since the journal was created or last
+ * truncated.
+ */
+extern bool journal_has_marks (struct journal *j);
+
+/* Once every bitmap the journal protects is durable with every write
+ * made before the current epoch began: rewrite the journal in place to
+ * hold only the epoch's bits, and make it durable.  Does nothing while
+ * the epoch is not settled.  -1 after nbdkit_error if it could not be
+ * written or flushed; the journal then fails like after any failed
+ * commit.  Thread-safe.
+ */
+extern int journal_truncate (struct journal *j);
 
 extern void journal_get_stats (struct journal *j, struct journal_stats *s);
 

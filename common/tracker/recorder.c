@@ -25,14 +25,14 @@ struct slot {
   char pad[56];                 /* one cache line per slot */
 };
 
-struct generation {
+struct recorder_generation {
   struct dirtymap *map;
   unsigned bits;
 };
 
 struct recorder {
   uint64_t size;
-  struct generation *current;   /* read by writers without a lock */
+  struct recorder_generation *current;   /* read by writers without a lock */
   int gate;                     /* GATE_*, read by writers without a lock */
   pthread_mutex_t gate_lock;    /* for writers waiting at the gate */
   pthread_cond_t gate_opened;
@@ -87,10 +87,10 @@ thread_slot (void)
   return my_slot;
 }
 
-static struct generation *
+static struct recorder_generation *
 generation_new (uint64_t size, unsigned bits)
 {
-  struct generation *g = malloc (sizeof *g);
+  struct recorder_generation *g = malloc (sizeof *g);
 
   if (g == NULL) {
     nbdkit_error ("malloc: %m");
@@ -137,34 +137,58 @@ recorder_free (struct recorder *r)
   free (r);
 }
 
-/* Mark [OFFSET, OFFSET + COUNT) (COUNT > 0) in the current map, with
- * the writer announced.
- */
-static int
-mark_current (struct recorder *r, uint64_t offset, uint64_t count)
+const struct recorder_generation *
+recorder_hold (struct recorder *r, bool *views)
 {
-  const struct generation *g = __atomic_load_n (&r->current,
-                                                __ATOMIC_SEQ_CST);
-  uint64_t first = offset >> g->bits;
-  uint64_t last = (offset + count - 1) >> g->bits;
+  struct slot *slot = &r->slots[thread_slot ()];
+  int gate;
 
+  /* Announce first, then look at the gate and read the map (all
+   * sequentially consistent): a closing gate or a swap either sees us
+   * busy and waits for our release, or we see it closed (and step
+   * back) or see its new map.
+   */
+  for (;;) {
+    __atomic_add_fetch (&slot->busy, 1, __ATOMIC_SEQ_CST);
+    gate = __atomic_load_n (&r->gate, __ATOMIC_SEQ_CST);
+    if (gate != GATE_CLOSED)
+      break;
+    __atomic_sub_fetch (&slot->busy, 1, __ATOMIC_RELEASE);
+    pthread_mutex_lock (&r->gate_lock);
+    while (__atomic_load_n (&r->gate, __ATOMIC_SEQ_CST) == GATE_CLOSED)
+      pthread_cond_wait (&r->gate_opened, &r->gate_lock);
+    pthread_mutex_unlock (&r->gate_lock);
+  }
+  if (views)
+    *views = gate == GATE_OPEN_VIEWS;
+  return __atomic_load_n (&r->current, __ATOMIC_SEQ_CST);
+}
+
+int
+recorder_mark_held (const struct recorder_generation *g, uint64_t offset,
+                    uint64_t count)
+{
+  uint64_t first, last;
+
+  if (count == 0)
+    return 0;
+  first = offset >> g->bits;
+  last = (offset + count - 1) >> g->bits;
   return dirtymap_set_range (g->map, first, last - first + 1) == -1 ? -1 : 0;
+}
+
+void
+recorder_release (struct recorder *r)
+{
+  __atomic_sub_fetch (&r->slots[thread_slot ()].busy, 1, __ATOMIC_RELEASE);
 }
 
 int
 recorder_mark (struct recorder *r, uint64_t offset, uint64_t count)
 {
-  struct slot *slot = &r->slots[thread_slot ()];
-  int ret;
+  int ret = recorder_mark_held (recorder_hold (r, NULL), offset, count);
 
-  if (count == 0)
-    return 0;
-  /* Announce first, then read the map (both sequentially consistent):
-   * a swap either sees us busy, or we see its new map.
-   */
-  __atomic_add_fetch (&slot->busy, 1, __ATOMIC_SEQ_CST);
-  ret = mark_current (r, offset, count);
-  __atomic_sub_fetch (&slot->busy, 1, __ATOMIC_RELEASE);
+  recorder_release (r);
   return ret;
 }
 
@@ -182,8 +206,8 @@ wait_idle (struct recorder *r)
 struct dirtymap *
 recorder_swap (struct recorder *r, unsigned new_bits, unsigned *old_bits)
 {
-  struct generation *fresh = generation_new (r->size, new_bits);
-  struct generation *old;
+  struct recorder_generation *fresh = generation_new (r->size, new_bits);
+  struct recorder_generation *old;
   struct dirtymap *map;
 
   if (fresh == NULL)
@@ -194,40 +218,6 @@ recorder_swap (struct recorder *r, unsigned new_bits, unsigned *old_bits)
   *old_bits = old->bits;
   free (old);
   return map;
-}
-
-int
-recorder_begin_write (struct recorder *r, uint64_t offset, uint64_t count)
-{
-  struct slot *slot = &r->slots[thread_slot ()];
-  int gate;
-
-  /* Announce first, then look at the gate (both sequentially
-   * consistent): a closing gate either sees us busy and waits for our
-   * reply, or we see it closed and step back.
-   */
-  for (;;) {
-    __atomic_add_fetch (&slot->busy, 1, __ATOMIC_SEQ_CST);
-    gate = __atomic_load_n (&r->gate, __ATOMIC_SEQ_CST);
-    if (gate != GATE_CLOSED)
-      break;
-    __atomic_sub_fetch (&slot->busy, 1, __ATOMIC_RELEASE);
-    pthread_mutex_lock (&r->gate_lock);
-    while (__atomic_load_n (&r->gate, __ATOMIC_SEQ_CST) == GATE_CLOSED)
-      pthread_cond_wait (&r->gate_opened, &r->gate_lock);
-    pthread_mutex_unlock (&r->gate_lock);
-  }
-  if (count > 0 && mark_current (r, offset, count) == -1) {
-    recorder_end_write (r);
-    return -1;
-  }
-  return gate == GATE_OPEN_VIEWS;
-}
-
-void
-recorder_end_write (struct recorder *r)
-{
-  __atomic_sub_fetch (&r->slots[thread_slot ()].busy, 1, __ATOMIC_RELEASE);
 }
 
 void

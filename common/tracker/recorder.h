@@ -15,7 +15,7 @@
  * none later.
  *
  * A write announces itself for its whole life, from its mark until
- * the plugin has replied (recorder_begin_write, recorder_end_write),
+ * the plugin has replied (recorder_hold ... recorder_release),
  * so that waiting for every slot to be idle once is also a drain: no
  * write that began before is still on its way to the plugin.  The
  * gate uses that to make the instant of a view (common/views/views.h):
@@ -54,18 +54,26 @@ extern int recorder_mark (struct recorder *r, uint64_t offset,
 extern struct dirtymap *recorder_swap (struct recorder *r, unsigned new_bits,
                                        unsigned *old_bits);
 
-/* A write, zero or trim of [OFFSET, OFFSET + COUNT) begins: wait
- * while the gate is closed, announce it and mark it.  Returns 1 if
- * views exist (copy before writing), 0 if not, or -1 after
- * nbdkit_error if memory ran out (the write is then over).  Unless
- * -1, recorder_end_write must follow, in the same thread, once the
- * plugin has replied.
+/* recorder_mark in three steps, around the rest of a write:
+ * recorder_hold waits while the gate is closed, announces the writer
+ * and returns the map its marks go to (set *VIEWS, unless NULL, to
+ * whether views exist: copy before writing); recorder_mark_held marks
+ * it; recorder_release, in the same thread, ends the write once the
+ * plugin has replied (or the write failed).  A swap publishing a new
+ * map folds the held one only after the release, so whatever else the
+ * write does while held (the journal's durable mark, the copy before
+ * write, the plugin's write) comes before the fold.  Lock-free unless
+ * the gate is closed; recorder_mark_held is -1 after nbdkit_error if
+ * memory ran out.
  */
-extern int recorder_begin_write (struct recorder *r, uint64_t offset,
-                                 uint64_t count);
-extern void recorder_end_write (struct recorder *r);
+struct recorder_generation;
+extern const struct recorder_generation *recorder_hold (struct recorder *r,
+                                                        bool *views);
+extern int recorder_mark_held (const struct recorder_generation *g,
+                               uint64_t offset, uint64_t count);
+extern void recorder_release (struct recorder *r);
 
-/* Close the gate: return once no write is between its begin and end,
+/* Close the gate: return once no write is between its hold and release,
  * holding new writes at their begin until recorder_open_gate, which
  * also says whether VIEWS exist from then on.  Callers are serialised
  * by the caller.

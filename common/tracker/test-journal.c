@@ -6,7 +6,8 @@
  * journal_mark returns, at the place qcow2 bitmap data puts it, and
  * nowhere else; marks of durable regions cost no commit; concurrent
  * marks share commits; a failed commit fails every later mark that
- * needs one.
+ * needs one; epochs truncate the file to the marks made since one
+ * began, and only once it is settled.
  */
 #include <config.h>
 
@@ -416,6 +417,61 @@ test_failure (void)
   layout_free (&l);
 }
 
+/* Epochs: after one begins, a region durable before goes through the
+ * lock once but writes no page (its bit is on disk already); nothing
+ * is truncated until the epoch is settled, and then the file holds
+ * exactly the epoch's bits, written in one commit of the pages that
+ * change; regions of the epoch are durable, the others need a commit
+ * again.
+ */
+static void
+test_epochs (void)
+{
+  static const uint64_t where[] = { 3, 1 };
+  const uint64_t g = 65536, per_cluster = 65536 * 8;
+  struct layout l;
+  struct journal_stats s;
+
+  layout_init (&l, 65536, 16, 2 * per_cluster, where, 5);
+  CHECK (!journal_has_marks (l.j));
+  MARK (&l, 0, 1, 0, 0, 1);
+  MARK (&l, 10 * g, 1, 10, 10, 1);
+  MARK (&l, per_cluster * g, 1, per_cluster, per_cluster, 1);
+  CHECK (journal_has_marks (l.j));
+
+  CHECK (journal_begin_epoch (l.j) == 0);
+  /* Not settled yet: no new epoch, no truncation. */
+  CHECK (journal_begin_epoch (l.j) == 0);
+  CHECK (journal_truncate (l.j) == 0);
+  check_file (&l, __LINE__);
+  s = stats (&l);
+  CHECK (journal_mark (l.j, 10 * g + 5, 1) == 0);
+  CHECK_EQ_U64 (stats (&l).pages_written, s.pages_written);
+  CHECK_EQ_U64 (stats (&l).commits, s.commits);
+  MARK (&l, 20 * g, 1, 20, 20, 1);
+
+  journal_epoch_settled (l.j);
+  s = stats (&l);
+  CHECK (journal_truncate (l.j) == 0);
+  CHECK_EQ_U64 (stats (&l).commits - s.commits, 1);
+  CHECK_EQ_U64 (stats (&l).pages_written - s.pages_written, 2);
+  memset (l.expected, 0, l.file_clusters * l.cluster_size);
+  expect_bits (&l, 10, 10);
+  expect_bits (&l, 20, 20);
+  check_file (&l, __LINE__);
+  CHECK (!journal_has_marks (l.j));
+  MARK (&l, 10 * g, 1, 10, 10, 0);
+  MARK (&l, 20 * g, 1, 20, 20, 0);
+  MARK (&l, 0, 1, 0, 0, 1);
+  CHECK (journal_has_marks (l.j));
+  /* Truncating again to the same epoch changes nothing on disk. */
+  s = stats (&l);
+  CHECK (journal_truncate (l.j) == 0);
+  CHECK_EQ_U64 (stats (&l).pages_written, s.pages_written);
+  check_file (&l, __LINE__);
+  layout_free (&l);
+}
+
 int
 main (void)
 {
@@ -425,6 +481,7 @@ main (void)
   test_marks_512 ();
   test_concurrent ();
   test_failure ();
+  test_epochs ();
   unlink (path);
   rmdir (dir);
   return 0;

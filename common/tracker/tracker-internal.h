@@ -95,5 +95,19 @@ extern int tracker_stage_view (struct tracker *t, struct views_stage **stage,
 
 /* Open the gate closed for a transaction's instant. */
 extern void tracker_open_gate (struct tracker *t);
+/* The same, beginning a new journal epoch first (see journal.h): after
+ * it, the writes the bitmaps do not hold are all in the epoch's marks,
+ * so that once the bitmaps are stored the journal can be truncated to
+ * them.  Lock held.
+ */
+extern int tracker_fold_epoch_locked (struct tracker *t, unsigned new_bits);
+
+/* store.c: the live commit of a change to persistent bitmaps (with
+ * crash safety: every recording bitmap stored, then the journal
+ * truncated), and a store of every persistent bitmap with the writes
+ * folded in.  Tracking started, lock held; 0, or -1 with *ERROR set.
+ */
+extern int tracker_commit_live_locked (struct tracker *t, char **error);
+extern int tracker_store_locked (struct tracker *t, char **error);
 
 #endif /* DIRTYBITMAP_TRACKER_INTERNAL_H */

@@ -36,22 +36,30 @@ int
 tracker_write_begin (struct tracker *t, uint64_t offset, uint64_t count,
                      bool *copy)
 {
-  int r;
+  const struct recorder_generation *map;
+  int e = 0;
 
-  /* Durable first, as tracker_mark. */
+  /* The recorder's map is taken first, and marked last, under one
+   * announcement (see tracker_fold_epoch_locked): a write is then
+   * either folded in by the fold that follows a journal epoch's
+   * beginning, or marked in that epoch of the journal, never neither.
+   * Durable first: a request refused for want of its durable mark
+   * never reaches the plugin, so it needs no mark at all.
+   */
+  map = recorder_hold (t->recorder, copy);
   if (t->journal && journal_mark (t->journal, offset, count) == -1)
-    return EIO;
-  r = recorder_begin_write (t->recorder, offset, count);
-  if (r == -1)
-    return ENOMEM;
-  *copy = r == 1;
-  return 0;
+    e = EIO;
+  else if (recorder_mark_held (map, offset, count) == -1)
+    e = ENOMEM;
+  if (e)
+    recorder_release (t->recorder);
+  return e;
 }
 
 void
 tracker_write_end (struct tracker *t)
 {
-  recorder_end_write (t->recorder);
+  recorder_release (t->recorder);
 }
 
 bool

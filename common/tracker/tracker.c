@@ -538,14 +538,12 @@ tracker_start (struct tracker *t, uint64_t export_size)
 int
 tracker_mark (struct tracker *t, uint64_t offset, uint64_t count)
 {
-  /* Durable first: a request refused for want of its durable mark
-   * never reaches the plugin, so it needs no mark at all.
-   */
-  if (t->journal && journal_mark (t->journal, offset, count) == -1)
-    return EIO;
-  if (recorder_mark (t->recorder, offset, count) == -1)
-    return ENOMEM;
-  return 0;
+  bool views;
+  int e = tracker_write_begin (t, offset, count, &views);
+
+  if (e == 0)
+    tracker_write_end (t);
+  return e;
 }
 
 unsigned
@@ -573,6 +571,25 @@ tracker_fold_locked (struct tracker *t, unsigned new_bits)
                                    old, old_bits);
   dirtymap_free (old);
   return r;
+}
+
+int
+tracker_fold_epoch_locked (struct tracker *t, unsigned new_bits)
+{
+  if (t->journal && journal_begin_epoch (t->journal) == -1)
+    return -1;
+  if (tracker_fold_locked (t, new_bits) == -1)
+    return -1;
+  /* The swap waited for every mark under way, so none can still read
+   * the last epoch's durable bits.  A write that took the recorder's
+   * new map read the journal's durable bits after that (tracker_mark),
+   * so after the epoch began (its bits were published before the map,
+   * both sequentially consistent): it is in the epoch's marks.  Every
+   * other write is folded in.
+   */
+  if (t->journal)
+    journal_epoch_settled (t->journal);
+  return 0;
 }
 
 bool

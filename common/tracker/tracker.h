@@ -27,6 +27,13 @@
 #define TRACKER_DEFAULT_JOURNAL_MAX_BYTES (UINT64_C(1) << 20)
 #define TRACKER_JOURNAL_MAX_BYTES (UINT64_C(64) << 20)
 
+/* Seconds between periodic stores with crash safety: after a crash,
+ * the bitmaps are exact but for the writes of the last five minutes,
+ * which come back by journal region; a store every five minutes costs
+ * little next to that (see the man page, AFTER A CRASH).
+ */
+#define TRACKER_DEFAULT_STORE_INTERVAL 300
+
 /* What to do with a bitmap left in use that cannot be recovered. */
 enum tracker_in_use_policy {
   IN_USE_KEEP,                  /* leave it in use, as QEMU does */
@@ -48,6 +55,9 @@ struct tracker_config {
   bool data_path_given;         /* by dirtybitmap-data=, not file= */
   unsigned nr_plugin_files;     /* file= seen passing to the plugin */
   char *data_token;             /* dirtybitmap-data-id= */
+  unsigned store_interval;      /* seconds between periodic stores, 0:
+                                   none */
+  bool store_interval_given;    /* dirtybitmap-store-interval= */
 };
 
 extern void tracker_config_init (struct tracker_config *cfg);
@@ -75,6 +85,9 @@ extern int tracker_config_note_plugin_file (struct tracker_config *cfg,
                                             const char *path);
 extern int tracker_config_set_data_id (struct tracker_config *cfg,
                                        const char *token);
+/* dirtybitmap-store-interval=SECONDS, as nbdkit parsed it. */
+extern int tracker_config_set_store_interval (struct tracker_config *cfg,
+                                              unsigned seconds);
 /* All required parameters are there. */
 extern int tracker_config_check (const struct tracker_config *cfg);
 
@@ -183,8 +196,10 @@ struct tracker_action {
  * way to the plugin, and holds new writes until the views are in
  * place: a view shows every write the bitmaps record before the
  * instant, and none after.
- * Changes to persistent bitmaps are then committed to the sidecar; if
- * that fails they stay made in memory, and the next store retries.
+ * Changes to persistent bitmaps are then committed to the sidecar
+ * (with crash safety, with every recording bitmap, and the journal
+ * truncated); if that fails they stay made in memory, and the next
+ * store retries.
  */
 extern int tracker_transaction (struct tracker *t,
                                 const struct tracker_action *actions,
@@ -201,9 +216,24 @@ extern int tracker_query (struct tracker *t, struct tracker_bitmap_info **infos,
 extern void tracker_free_infos (struct tracker_bitmap_info *infos, size_t n);
 
 /* Make every persistent bitmap durable in the sidecar now; those not
- * recording become consistent on disk.
+ * recording become consistent on disk.  With crash safety the journal
+ * is then truncated to the writes made since.
  */
 extern int tracker_store_now (struct tracker *t, char **error);
+
+/* The periodic store (dirtybitmap-store-interval): if tracking has
+ * started and something was written since the last store, store every
+ * persistent bitmap, as tracker_store_now, and truncate the journal;
+ * errors are logged.  tracker_store_timer_start runs it every
+ * interval in a thread of its own, with crash safety only (*TIMER
+ * stays NULL otherwise); -1 after nbdkit_error.
+ * tracker_store_timer_stop stops it, waiting for a store under way.
+ */
+extern void tracker_store_if_written (struct tracker *t);
+struct tracker_store_timer;
+extern int tracker_store_timer_start (struct tracker *t,
+                                      struct tracker_store_timer **timer);
+extern void tracker_store_timer_stop (struct tracker_store_timer *timer);
 
 struct tracker_extent {
   uint64_t offset, length;
