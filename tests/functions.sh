@@ -321,6 +321,8 @@ stop_cleanly ()
   wait_nbdkit_exit
   [ "$status" -eq 0 ] ||
     fail "nbdkit exited with status $status: $(tail -n 3 "$sock.err")"
+}
+
 # Start nbdkit with the filter as a daemon, as users run it: nbdkit
 # forks into the background, writes the pid file SOCK.pid and serves on
 # the Unix socket SOCK; the rest of the arguments are nbdkit's.  Waits
