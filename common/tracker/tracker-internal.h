@@ -38,6 +38,7 @@ struct tracker {
   bool started;                 /* read without the lock once set */
   bool warned_in_use;           /* in-use bitmaps reported already */
   bool failed;                  /* starting or storing failed */
+  bool read_only;               /* the plugin cannot write: never start */
   uint64_t probed_size;         /* export size seen at start-up, or 0 */
   uint64_t export_size;
   struct sidecar *sidecar;
