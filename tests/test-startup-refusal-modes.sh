@@ -27,16 +27,22 @@ malformed_msg="error: $malformed: not a qcow2 file"
 missing_msg="error: $missing does not exist and no bitmap is named: add dirtybitmap=NAME"
 size_msg="error: $sidecar: the sidecar's virtual size is 1048576 bytes but the export is 2097152 bytes"
 
-# expect_refused STATUS MESSAGE: nbdkit's status and stderr ($tmpdir/err).
-expect_refused ()
+# refused STATUS MESSAGE NBDKIT-ARGUMENTS...: nbdkit with the filter,
+# 20 s at most, exits with STATUS and prints MESSAGE on stderr
+# ($tmpdir/err).  $case names the case.
+refused ()
 {
-  [ "$status" -eq "$1" ] || {
+  local want="$1" msg="$2"
+  shift 2
+  status=0
+  timeout 20 nbdkit --filter="$FILTER" "$@" 2> "$tmpdir/err" || status=$?
+  [ "$status" -eq "$want" ] || {
     cat "$tmpdir/err" >&2
-    fail "$case: exit status $status, expected $1"
+    fail "$case: exit status $status, expected $want"
   }
-  grep -qF "$2" "$tmpdir/err" || {
+  grep -qF "$msg" "$tmpdir/err" || {
     cat "$tmpdir/err" >&2
-    fail "$case: no error '$2' on stderr"
+    fail "$case: no error '$msg' on stderr"
   }
 }
 
@@ -47,36 +53,23 @@ for file in "$malformed" "$missing"; do
   sock="$tmpdir/sock"
 
   case="daemon, $file"
-  status=0
-  timeout 20 nbdkit -P "$tmpdir/pid" -U "$sock" --log=stderr \
-    --filter="$FILTER" memory 1M dirtybitmap-file="$file" \
-    2> "$tmpdir/err" || status=$?
-  expect_refused 1 "$msg"
+  refused 1 "$msg" -P "$tmpdir/pid" -U "$sock" --log=stderr \
+    memory 1M dirtybitmap-file="$file"
   [ ! -e "$tmpdir/pid" ] || fail "$case: a pid file was written"
   [ ! -e "$sock" ] || fail "$case: the socket was left behind"
 
   case="foreground, $file"
-  status=0
-  timeout 20 nbdkit -f -U "$sock" --filter="$FILTER" memory 1M \
-    dirtybitmap-file="$file" 2> "$tmpdir/err" || status=$?
-  expect_refused 1 "$msg"
+  refused 1 "$msg" -f -U "$sock" memory 1M dirtybitmap-file="$file"
 
   case="--run nbdinfo, $file"
-  status=0
-  timeout 20 nbdkit -U - --filter="$FILTER" memory 1M \
-    dirtybitmap-file="$file" \
-    --run "touch '$tmpdir/ran'; nbdinfo --size \"\$uri\"" \
-    2> "$tmpdir/err" || status=$?
-  expect_refused 1 "$msg"
+  refused 1 "$msg" -U - memory 1M dirtybitmap-file="$file" \
+    --run "touch '$tmpdir/ran'; nbdinfo --size \"\$uri\""
   [ ! -e "$tmpdir/ran" ] || fail "$case: the --run command was started"
 
   # Once racy: --run true exited 0 or 1.
   for i in 1 2 3; do
     case="--run true ($i), $file"
-    status=0
-    timeout 20 nbdkit -U - --filter="$FILTER" memory 1M \
-      dirtybitmap-file="$file" --run true 2> "$tmpdir/err" || status=$?
-    expect_refused 1 "$msg"
+    refused 1 "$msg" -U - memory 1M dirtybitmap-file="$file" --run true
   done
 done
 cmp "$malformed" "$tmpdir/malformed.orig" ||
@@ -85,21 +78,16 @@ cmp "$malformed" "$tmpdir/malformed.orig" ||
 
 # 2. The size, after the fork.  In the foreground: exit 1 at once.
 case="size, foreground"
-status=0
-timeout 20 nbdkit -f -U "$tmpdir/fg.sock" --filter="$FILTER" memory 2M \
-  dirtybitmap-file="$sidecar" 2> "$tmpdir/err" || status=$?
-expect_refused 1 "$size_msg"
+refused 1 "$size_msg" -f -U "$tmpdir/fg.sock" memory 2M \
+  dirtybitmap-file="$sidecar"
 
 # Captive: each client of the command is refused at once (the command
 # fails, and so does nbdkit); nothing waits.
 case="size, --run nbdinfo twice"
-status=0
-timeout 20 nbdkit -U - --filter="$FILTER" memory 2M \
-  dirtybitmap-file="$sidecar" \
+refused 1 "$size_msg" -U - memory 2M dirtybitmap-file="$sidecar" \
   --run "nbdinfo --size \"\$uri\" && exit 0
          nbdinfo --size \"\$uri\" && exit 0
-         exit 1" 2> "$tmpdir/err" || status=$?
-expect_refused 1 "$size_msg"
+         exit 1"
 [ "$(grep -c "server has no export named ''" "$tmpdir/err")" -eq 2 ] || {
   cat "$tmpdir/err" >&2
   fail "$case: the command's two clients were not both refused"
