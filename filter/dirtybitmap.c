@@ -351,8 +351,10 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
   can_write = next->can_write (next);
   if (can_write == -1)
     return -1;
-  if (can_write == 0)
+  if (can_write == 0) {
+    tracker_release_sidecar (tracker);
     return 0;
+  }
   size = next->get_size (next);
   if (size == -1)
     return -1;

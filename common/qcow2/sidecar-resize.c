@@ -39,7 +39,8 @@ sidecar_check_resize (const struct sidecar *sc, uint64_t new_size)
 
   if (qcow2_l1_entries_needed (&sc->header, new_size) > l1_capacity (sc)) {
     nbdkit_error ("%s: a virtual size of %" PRIu64 " bytes needs a larger "
-                  "L1 table than the sidecar has room for; resize it with "
+                  "L1 table than the sidecar has room for, which "
+                  "dirtybitmap-resize=adopt does not move; resize it with "
                   "'qemu-img resize %s %" PRIu64 "' while nbdkit is stopped",
                   sc->path, new_size, sc->path, new_size);
     return -1;
