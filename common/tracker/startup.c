@@ -37,18 +37,24 @@ tracker_check_size (const struct tracker_config *cfg,
     return 0;
   if (cfg->resize_policy == RESIZE_ADOPT)
     return sidecar_check_resize (sc, new_size) == -1 ? -1 : 1;
+  /* Only the size differs unless the sidecar distrusts its bitmaps
+   * (the data's identity changed, or an untrusted journal), which a
+   * warning has said already.
+   */
   nbdkit_error ("%s: the sidecar's virtual size is %" PRIu64 " bytes but "
                 "the export is %" PRIu64 " bytes%s: it tracks another "
-                "disk, or this disk was %s.  Only the size differs: if the "
-                "disk was resized, keep the bitmaps with 'qemu-img resize%s "
-                "%s %" PRIu64 "' while nbdkit is stopped (QEMU leaves the "
-                "area added clean), or start nbdkit with "
-                "dirtybitmap-resize=adopt (the area added is dirty in every "
-                "bitmap); otherwise use the sidecar made for this export, or "
-                "a new path", path, sidecar_size, export_size,
+                "disk, or this disk was %s.  %s: if the disk was resized, "
+                "keep the bitmaps with 'qemu-img resize%s %s %" PRIu64 "' "
+                "while nbdkit is stopped (QEMU leaves the area added "
+                "clean), or start nbdkit with dirtybitmap-resize=adopt (the "
+                "area added is dirty in every bitmap); otherwise use the "
+                "sidecar made for this export, or a new path",
+                path, sidecar_size, export_size,
                 export_size % 512 ? " (rounded up to whole 512-byte "
                 "sectors, as QEMU sizes disks)" : "",
                 new_size > sidecar_size ? "grown" : "shrunk",
+                sidecar_distrust_reason (sc) == NULL
+                ? "Only the size differs" : "The size differs too",
                 new_size > sidecar_size ? "" : " --shrink", path, new_size);
   return -1;
 }
