@@ -104,7 +104,8 @@ nbdkit -v --log=stderr -P "$tmpdir/daemon.pid" -U "$sock" \
   2> "$tmpdir/err" || status=$?
 [ "$status" -eq 0 ] || fail "$case: the daemon's parent exited $status"
 pid="$(cat "$tmpdir/daemon.pid")"
-cleanup_fn "kill -9 $pid 2>/dev/null"
+# Killed at exit only while it runs: its pid may be reused afterwards.
+cleanup_fn '[ -z "$pid" ] || kill -9 "$pid" 2>/dev/null'
 for i in 1 2; do
   status=0
   timeout 10 nbdinfo --size "nbd+unix:///?socket=$sock" \
@@ -125,6 +126,7 @@ for (( i = 0; i < 200; i++ )); do
   sleep 0.05
 done
 ! kill -0 "$pid" 2>/dev/null || fail "$case: the daemon did not stop"
+pid=
 
 cmp "$sidecar" "$tmpdir/sidecar.orig" ||
   fail "the refused starts changed the sidecar"
