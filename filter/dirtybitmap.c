@@ -36,6 +36,16 @@ static struct qmp_server *control;
 static struct views_config view_config;
 static struct views *views;
 static struct tracker_store_timer *store_timer;  /* periodic store */
+/* The export's size, seen after nbdkit forked, does not fit the
+ * sidecar: every client is refused, and nbdkit exits 1 when stopped.
+ */
+static bool size_refused;
+/* nbdkit's pid at start-up: another one after the fork means nbdkit
+ * forked, as a daemon or to run a --run command.
+ */
+static pid_t startup_pid;
+/* nbdkit -r, which .preconnect is told. */
+static bool server_read_only;
 
 static void
 dirtybitmap_load (void)
@@ -53,7 +63,7 @@ dirtybitmap_load (void)
 static void
 dirtybitmap_unload (void)
 {
-  bool failed = tracker && tracker_failed (tracker);
+  bool failed = size_refused || (tracker && tracker_failed (tracker));
 
   tracker_free (tracker);
   views_free (views);
@@ -118,6 +128,8 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   }
   if (strcmp (key, "dirtybitmap-in-use") == 0)
     return tracker_config_set_in_use_policy (&config, value);
+  if (strcmp (key, "dirtybitmap-resize") == 0)
+    return tracker_config_set_resize_policy (&config, value);
   if (strcmp (key, "dirtybitmap-data") == 0)
     return set_path (value, true, tracker_config_set_data);
   if (strcmp (key, "dirtybitmap-data-id") == 0)
@@ -197,6 +209,7 @@ dirtybitmap_config_complete (nbdkit_next_config_complete *next,
   "dirtybitmap-crash-safe=<BOOL>  Keep bitmaps across crashes (default true).\n" \
   "dirtybitmap-crash-granularity=<SIZE> Regions made durable (default 1M).\n" \
   "dirtybitmap-in-use=keep|refuse|reset Bitmaps left in use (default keep).\n" \
+  "dirtybitmap-resize=refuse|adopt Export resized (default refuse).\n" \
   "dirtybitmap-data=<FILE|DEVICE> The data the bitmaps describe (default: file=).\n" \
   "dirtybitmap-data-id=<STRING> Identifies the data when no file can.\n" \
   "dirtybitmap-control=<SOCKET> QMP socket to manage bitmaps while serving.\n" \
@@ -207,29 +220,77 @@ dirtybitmap_config_complete (nbdkit_next_config_complete *next,
   "                            break-view).\n" \
   "dirtybitmap-store-interval=<SECONDS> Periodic store (default 300, 0: off)."
 
-/* Open the default export once, before serving anyone, so that a
- * sidecar that does not fit is refused at start-up.  Some plugins can
- * only be opened inside a client connection (they need the client's
- * export name); for them the same checks run at the first connection.
+/* Everything that does not need the plugin is checked here, before
+ * nbdkit forks into the background or starts a --run command, so
+ * that a refusal reaches stderr and nbdkit's exit status.
+ */
+static int
+dirtybitmap_get_ready (int thread_model)
+{
+  startup_pid = getpid ();
+  return tracker_validate_sidecar (tracker);
+}
+
+/* The default export, opened once outside any connection: its size,
+ * and whether the plugin can write at all.  -1 if the plugin cannot
+ * be opened so (some need a client's export name).  A context that
+ * may write is tried first, since one opened read-only never can.
+ */
+static int64_t
+probe_export (nbdkit_backend *backend, int *can_write)
+{
+  int readonly;
+
+  for (readonly = 0; readonly <= 1; ++readonly) {
+    nbdkit_next *next = nbdkit_next_context_open (backend, readonly, "", 1);
+    int64_t size = -1;
+
+    if (next == NULL)
+      continue;
+    if (next->prepare (next) != -1) {
+      size = next->get_size (next);
+      *can_write = readonly ? -1 : next->can_write (next);
+      next->finalize (next);
+    }
+    nbdkit_next_context_close (next);
+    if (size != -1)
+      return size;
+  }
+  return -1;
+}
+
+/* The export's size is the one check left for after the fork, the
+ * only place nbdkit 1.32 lets a filter open the plugin outside a
+ * connection.  In the foreground nbdkit has not forked, and a failure
+ * here makes it exit 1 at once.  If it forked, failing would leave a
+ * --run command's clients waiting on a socket nobody serves (the
+ * command's process keeps it open), and a daemon's pid file and socket
+ * pointing at nothing; so nbdkit goes on serving, refusing every
+ * client with the error, and exits 1 when it is stopped.  Some plugins
+ * can only be opened inside a client connection; for them the size is
+ * checked at the first one.
  */
 static int
 dirtybitmap_after_fork (nbdkit_backend *backend)
 {
-  nbdkit_next *next = nbdkit_next_context_open (backend, 1, "", 1);
-  int64_t size = -1;
+  int can_write = -1;
+  int64_t size = probe_export (backend, &can_write);
 
-  if (next != NULL) {
-    if (next->prepare (next) != -1) {
-      size = next->get_size (next);
-      next->finalize (next);
-    }
-    nbdkit_next_context_close (next);
-  }
   if (size == -1)
     nbdkit_debug ("dirtybitmap: the plugin cannot be opened outside a "
-                  "connection: the sidecar is checked at the first one");
-  else if (tracker_validate (tracker, size) == -1)
-    return -1;
+                  "connection: the export's size is checked at the first "
+                  "one");
+  else if (tracker_validate_size (tracker, size) == -1) {
+    if (getpid () == startup_pid)
+      return -1;
+    size_refused = true;
+    nbdkit_error ("%s: every client is refused until nbdkit is stopped "
+                  "(it then exits with status 1); fix what the error above "
+                  "says and start nbdkit again", config.sidecar_path);
+    return 0;
+  }
+  if (can_write == 0)
+    tracker_set_read_only (tracker);
   if (control_path) {
     control = qmp_server_start (control_path, PACKAGE_STRING,
                                 qmp_commands_dispatch, tracker);
@@ -269,6 +330,14 @@ dirtybitmap_cleanup (nbdkit_backend *backend)
   store_timer = NULL;
   tracker_record_identity (tracker, flush_data, backend);
   tracker_stop (tracker);     /* failures are kept for the exit status */
+}
+
+static int
+dirtybitmap_preconnect (nbdkit_next_preconnect *next, nbdkit_backend *nxdata,
+                        int readonly)
+{
+  server_read_only = readonly;
+  return next (nxdata, readonly);
 }
 
 struct handle {
@@ -326,9 +395,34 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
 {
   struct handle *h = handle;
   int64_t size;
+  int can_write;
 
-  if (readonly || h->view)
+  if (h->view)
+    return 0;                   /* a view's reads claim nothing */
+  if (size_refused) {
+    /* The error again, for this client, where the log shows it. */
+    size = next->get_size (next);
+    if (size == -1 || tracker_validate_size (tracker, size) == -1)
+      return -1;
+  }
+  if (readonly) {
+    /* Read-only though nbdkit is not (-r): a filter above this one
+     * (cow) never writes through it, so the sidecar need not be held.
+     */
+    if (!server_read_only)
+      tracker_release_sidecar (tracker);
     return 0;
+  }
+  /* A plugin that cannot write never changes the disk: no sidecar is
+   * created, opened for writing or locked for it.
+   */
+  can_write = next->can_write (next);
+  if (can_write == -1)
+    return -1;
+  if (can_write == 0) {
+    tracker_release_sidecar (tracker);
+    return 0;
+  }
   size = next->get_size (next);
   if (size == -1)
     return -1;
@@ -488,8 +582,10 @@ static struct nbdkit_filter filter = {
   .config            = dirtybitmap_config,
   .config_complete   = dirtybitmap_config_complete,
   .config_help       = dirtybitmap_config_help,
+  .get_ready         = dirtybitmap_get_ready,
   .after_fork        = dirtybitmap_after_fork,
   .cleanup           = dirtybitmap_cleanup,
+  .preconnect        = dirtybitmap_preconnect,
   .open              = dirtybitmap_open,
   .close             = dirtybitmap_close,
   .prepare           = dirtybitmap_prepare,

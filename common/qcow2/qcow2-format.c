@@ -136,6 +136,20 @@ header_check_features (const char *path, const struct qcow2_header *h)
   return 0;
 }
 
+uint64_t
+qcow2_l1_entries_needed (const struct qcow2_header *h, uint64_t size)
+{
+  const uint64_t cluster_size = UINT64_C(1) << h->cluster_bits;
+  /* One L1 entry maps an L2 table: cluster_size / 8 clusters of guest
+   * data, or half that with 16-byte extended L2 entries.
+   */
+  uint64_t l2_coverage = cluster_size
+    * (cluster_size /
+       ((h->incompatible_features & QCOW2_INCOMPAT_EXTL2) ? 16 : 8));
+
+  return size / l2_coverage + (size % l2_coverage != 0);
+}
+
 /* The refcount table, the L1 table, the snapshot table and the backing
  * file name must lie where the file can hold them.
  */
@@ -144,7 +158,6 @@ header_check_layout (const char *path, uint64_t file_size,
                      const struct qcow2_header *h)
 {
   const uint64_t cluster_size = UINT64_C(1) << h->cluster_bits;
-  uint64_t l2_coverage, l1_needed;
 
   if (h->refcount_table_offset == 0 ||
       !IS_ALIGNED (h->refcount_table_offset, h->cluster_bits) ||
@@ -171,14 +184,8 @@ header_check_layout (const char *path, uint64_t file_size,
                   "outside the file", path, h->l1_table_offset, h->l1_size);
     return -1;
   }
-  /* One L1 entry maps an L2 table: cluster_size / 8 clusters of guest
-   * data, or half that with 16-byte extended L2 entries.
-   */
-  l2_coverage = cluster_size
-    * (cluster_size /
-       ((h->incompatible_features & QCOW2_INCOMPAT_EXTL2) ? 16 : 8));
-  l1_needed = h->size / l2_coverage + (h->size % l2_coverage != 0);
-  if (h->size > (UINT64_C(1) << 62) || l1_needed > h->l1_size) {
+  if (h->size > (UINT64_C(1) << 62) ||
+      qcow2_l1_entries_needed (h, h->size) > h->l1_size) {
     nbdkit_error ("%s: qcow2 header: l1_size %" PRIu32 " cannot map the "
                   "virtual size of %" PRIu64 " bytes", path, h->l1_size,
                   h->size);

@@ -279,6 +279,12 @@ extern int qcow2_bitmap_name_check (const char *name, const char *where);
  */
 extern uint64_t qcow2_virtual_size_for (uint64_t bytes);
 
+/* How many L1 entries the image of header H needs to map a virtual
+ * size of SIZE bytes.
+ */
+extern uint64_t qcow2_l1_entries_needed (const struct qcow2_header *h,
+                                         uint64_t size);
+
 /* How many blocks of 1 << BITS bytes cover SIZE bytes (the last one
  * may be partial): granules of a bitmap, clusters of its data.
  */

@@ -112,3 +112,13 @@ qemu_lock_image (int fd, const char *path, bool writable)
   }
   return 0;
 }
+
+void
+qemu_unlock_image (int fd)
+{
+  struct flock fl = { .l_type = F_UNLCK, .l_whence = SEEK_SET };
+
+  /* l_start 0 and l_len 0: the whole file. */
+  if (fcntl (fd, F_OFD_SETLK, &fl) == -1)
+    nbdkit_debug ("releasing QEMU's lock bytes: %m");
+}

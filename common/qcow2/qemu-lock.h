@@ -26,4 +26,11 @@
  */
 extern int qemu_lock_image (int fd, const char *path, bool writable);
 
+/* Drop the locks FD's open file description holds, before FD is
+ * closed: a process forked since the locks were taken (nbdkit forks
+ * after its start-up checks, into the background or to run a --run
+ * command) shares the description, and would otherwise keep them.
+ */
+extern void qemu_unlock_image (int fd);
+
 #endif /* DIRTYBITMAP_QEMU_LOCK_H */

@@ -74,6 +74,7 @@
  *   sidecar-identity.c the data identity record; distrusted bitmaps
  *   sidecar-commit.c   the copy-on-write commit, phase by phase
  *   sidecar-in-use.c   IN_USE flagged in place
+ *   sidecar-resize.c   a new virtual size, every bitmap following it
  *   sidecar-internal.h what these files share
  */
 
@@ -130,8 +131,10 @@ sidecar_close (struct sidecar *sc)
   free (sc->header_raw);
   free (sc->backing_name);
   free (sc->stale_evidence);
-  if (sc->fd >= 0)
+  if (sc->fd >= 0) {
+    qemu_unlock_image (sc->fd);
     close (sc->fd);
+  }
   free (sc->path);
   free (sc);
 }

@@ -111,6 +111,17 @@ extern int sidecar_commit_live (struct sidecar *sc);
 extern int sidecar_remove_bitmap (struct sidecar *sc,
                                   struct sidecar_bitmap *bm);
 
+/* A new virtual size NEW_SIZE (a multiple of 512), for an export that
+ * grew or shrank (sidecar-resize.c).  Check: whether every bitmap can
+ * follow (none in use without data, each within QEMU's limits) and the
+ * L1 table has room.  Resize: check, then give every bitmap data for
+ * the new size, any granule past the old end dirty; the next commit
+ * writes the new size and tables.  A failed resize leaves the sidecar
+ * fit only to be closed.
+ */
+extern int sidecar_check_resize (const struct sidecar *sc, uint64_t new_size);
+extern int sidecar_resize (struct sidecar *sc, uint64_t new_size);
+
 /* The rest is in sidecar-bitmap.c. */
 
 extern const char *sidecar_path (const struct sidecar *sc);

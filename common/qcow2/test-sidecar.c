@@ -1156,6 +1156,84 @@ test_header_changes_one_sector_per_flush (void)
   qemu_img_check ();
 }
 
+/* An export that grew, then shrank: the sidecar follows, keeping the
+ * bits it had, the area added dirty, the L1 table grown in place.
+ */
+static void
+test_resize (void)
+{
+  const uint64_t mib = UINT64_C(1) << 20, old_size = mib + 512;
+  struct sidecar *sc;
+  struct sidecar_bitmap *coarse, *fine;
+
+  unlink (path);
+  CHECK (sidecar_create (path, old_size) == 0);
+  sc = sidecar_open (path, true);
+  CHECK (sc != NULL);
+  coarse = sidecar_add_bitmap (sc, "coarse", 16);
+  fine = sidecar_add_bitmap (sc, "fine", 9);
+  CHECK (coarse && fine);
+  CHECK (sidecar_begin_tracking (sc) == 0);
+  CHECK (dirtymap_set_range (coarse->data, 0, 1) == 1);
+  CHECK (dirtymap_set_range (fine->data, 10, 2) == 1);
+  CHECK (sidecar_store (sc) == 0);
+  sidecar_close (sc);
+
+  /* Grow to 3 MiB: granules from the one holding the old end dirty. */
+  sc = sidecar_open (path, true);
+  CHECK (sc != NULL);
+  CHECK (sidecar_check_resize (sc, UINT64_C(8) << 40) == -1);
+  CHECK_ERROR_MENTIONS ("qemu-img resize");
+  CHECK_EQ_U64 (sc->header.l1_size, 1);
+  CHECK (sidecar_resize (sc, 3 * mib) == 0);
+  CHECK_EQ_U64 (sc->header.l1_size, 1);         /* 512 MiB per entry */
+  CHECK (sidecar_begin_tracking (sc) == 0);
+  CHECK (sidecar_store (sc) == 0);
+  sidecar_close (sc);
+  qemu_img_check ();
+  sc = sidecar_open (path, false);
+  CHECK (sc != NULL);
+  CHECK_EQ_U64 (sc->header.size, 3 * mib);
+  coarse = sidecar_find (sc, "coarse");
+  fine = sidecar_find (sc, "fine");
+  CHECK_EQ_U64 (dirtymap_nr_bits (coarse->data), 48);
+  CHECK_EQ_U64 (dirtymap_count (coarse->data), 1 + (48 - 16));
+  CHECK (dirtymap_test (coarse->data, 0) && !dirtymap_test (coarse->data, 15));
+  CHECK_EQ_U64 (dirtymap_count (fine->data), 2 + (6144 - 2049));
+  CHECK_EQ_U64 (dirtymap_next_set (fine->data, 12), 2049);
+  sidecar_close (sc);
+
+  /* Shrink to 512 KiB: the tail goes, and with it the area added. */
+  sc = sidecar_open (path, true);
+  CHECK (sc != NULL);
+  CHECK (sidecar_resize (sc, mib / 2) == 0);
+  CHECK (sidecar_store (sc) == 0);
+  sidecar_close (sc);
+  qemu_img_check ();
+  sc = sidecar_open (path, false);
+  CHECK (sc != NULL);
+  CHECK_EQ_U64 (sc->header.size, mib / 2);
+  CHECK_EQ_U64 (dirtymap_count (sidecar_find (sc, "coarse")->data), 1);
+  CHECK_EQ_U64 (dirtymap_count (sidecar_find (sc, "fine")->data), 2);
+  sidecar_close (sc);
+
+  /* Grown to 2 GiB: four L1 entries, in the table's cluster. */
+  sc = sidecar_open (path, true);
+  CHECK (sc != NULL);
+  CHECK (sidecar_resize (sc, UINT64_C(2) << 30) == 0);
+  CHECK_EQ_U64 (sc->header.l1_size, 4);
+  CHECK (sidecar_store (sc) == 0);
+  sidecar_close (sc);
+  qemu_img_check ();
+
+  /* Grown past what one L1 cluster maps (4 TiB): refused. */
+  sc = sidecar_open (path, true);
+  CHECK (sc != NULL);
+  CHECK (sidecar_resize (sc, (UINT64_C(4) << 40) + 512) == -1);
+  CHECK_ERROR_MENTIONS ("larger L1 table");
+  sidecar_close (sc);
+}
+
 int
 main (void)
 {
@@ -1171,6 +1249,7 @@ main (void)
   test_reset_in_use ();
   test_identity_and_distrust ();
   test_header_changes_one_sector_per_flush ();
+  test_resize ();
   unlink (path);
   rmdir (dir);
   return 0;

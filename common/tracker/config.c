@@ -24,6 +24,7 @@ tracker_config_init (struct tracker_config *cfg)
   cfg->crash_safe = true;
   cfg->in_use_policy = IN_USE_KEEP;
   cfg->store_interval = TRACKER_DEFAULT_STORE_INTERVAL;
+  cfg->resize_policy = RESIZE_REFUSE;
 }
 
 void
@@ -158,6 +159,24 @@ tracker_config_set_in_use_policy (struct tracker_config *cfg,
     nbdkit_error ("dirtybitmap-in-use=%s: must be keep (leave such bitmaps "
                   "in use, as QEMU does), refuse (do not start) or reset "
                   "(make them all dirty and recording as before)", policy);
+    return -1;
+  }
+  return 0;
+}
+
+int
+tracker_config_set_resize_policy (struct tracker_config *cfg,
+                                  const char *policy)
+{
+  if (strcmp (policy, "refuse") == 0)
+    cfg->resize_policy = RESIZE_REFUSE;
+  else if (strcmp (policy, "adopt") == 0)
+    cfg->resize_policy = RESIZE_ADOPT;
+  else {
+    nbdkit_error ("dirtybitmap-resize=%s: must be refuse (do not start when "
+                  "the export's size is not the sidecar's) or adopt (resize "
+                  "the sidecar to the export, marking any added area dirty "
+                  "in every bitmap)", policy);
     return -1;
   }
   return 0;

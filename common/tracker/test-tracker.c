@@ -62,6 +62,10 @@ test_parameters (void)
   CHECK_ERROR_MENTIONS ("not valid UTF-8");
   CHECK (tracker_config_add_name (&cfg, "\xed\xa0\x80") == -1);
   CHECK (tracker_config_add_name (&cfg, "\xc3\xa9t\xc3\xa9") == 0);
+  CHECK (tracker_config_set_resize_policy (&cfg, "grow") == -1);
+  CHECK_ERROR_MENTIONS ("dirtybitmap-resize=grow");
+  CHECK (tracker_config_set_resize_policy (&cfg, "adopt") == 0);
+  CHECK (cfg.resize_policy == RESIZE_ADOPT);
   CHECK (tracker_config_check (&cfg) == 0);
   tracker_config_free (&cfg);
 }
@@ -112,6 +116,8 @@ test_mark_fold_store (void)
   t = tracker_new (&cfg);
   CHECK (tracker_validate (t, size + 512) == -1);
   CHECK_ERROR_MENTIONS ("virtual size");
+  CHECK_ERROR_MENTIONS ("Only the size differs");
+  CHECK_ERROR_MENTIONS ("dirtybitmap-resize=adopt");
   /* QEMU sizes disks in whole sectors: the sidecar is rounded up. */
   sc = sidecar_open (path, false);
   CHECK (sc != NULL);

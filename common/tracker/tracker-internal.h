@@ -38,6 +38,7 @@ struct tracker {
   bool started;                 /* read without the lock once set */
   bool warned_in_use;           /* in-use bitmaps reported already */
   bool failed;                  /* starting or storing failed */
+  bool read_only;               /* the plugin cannot write: never start */
   uint64_t probed_size;         /* export size seen at start-up, or 0 */
   uint64_t export_size;
   struct sidecar *sidecar;
@@ -49,6 +50,43 @@ struct tracker {
   size_t nr_bitmaps;
   struct views *views;          /* NULL: no views */
 };
+
+/* Decide which bitmaps record writes.  With ADD false nothing changes:
+ * missing bitmaps are only checked against QEMU's limits.  Returns the
+ * number recording, or -1.
+ */
+extern int tracker_select_bitmaps (struct tracker *t, struct sidecar *sc,
+                                   bool add);
+
+/* The flags to open the sidecar with, as the in-use policy needs. */
+extern unsigned tracker_open_flags (const struct tracker_config *cfg);
+
+/* Granularity (log2) of the durable marks for a disk of VIRTUAL_SIZE
+ * bytes whose finest recording bitmap has granules of 1 << FINEST
+ * bytes; 0 after nbdkit_error.
+ */
+extern unsigned tracker_journal_bits (const struct tracker_config *cfg,
+                                      const char *path,
+                                      uint64_t virtual_size, unsigned finest,
+                                      unsigned cluster_bits);
+
+/* The finest granularity the bitmaps recording at start-up need,
+ * named ones not yet in the sidecar included.  0 after nbdkit_error.
+ */
+extern unsigned tracker_startup_finest_bits (const struct tracker_config *cfg,
+                                             struct sidecar *sc);
+
+/* startup.c: the sidecar SC against an export of EXPORT_SIZE bytes: 0
+ * if its virtual size fits, 1 if it does not but
+ * dirtybitmap-resize=adopt lets SC follow, -1 after nbdkit_error.
+ * Called once everything else about SC has been checked, so the error
+ * can say that only the size tells the two apart.  Adopt: SC follows
+ * the export's new size (dirtybitmap-resize=adopt), with a warning.
+ */
+extern int tracker_check_size (const struct tracker_config *cfg,
+                               const struct sidecar *sc,
+                               uint64_t export_size);
+extern int tracker_adopt_size (struct sidecar *sc, uint64_t export_size);
 
 /* Start tracking with the lock held (tracker_start's work). */
 extern int tracker_start_locked (struct tracker *t, uint64_t export_size);

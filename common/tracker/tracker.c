@@ -123,8 +123,8 @@ in_use_bitmap (struct tracker *t, struct sidecar *sc,
  * missing bitmaps are only checked against QEMU's limits.  Returns the
  * number recording, or -1.
  */
-static int
-select_bitmaps (struct tracker *t, struct sidecar *sc, bool add)
+int
+tracker_select_bitmaps (struct tracker *t, struct sidecar *sc, bool add)
 {
   const struct tracker_config *cfg = t->cfg;
   const char *path = sidecar_path (sc);
@@ -180,23 +180,8 @@ select_bitmaps (struct tracker *t, struct sidecar *sc, bool add)
   return recording;
 }
 
-static int
-check_size (const char *path, uint64_t sidecar_size, uint64_t export_size)
-{
-  if (sidecar_size != qcow2_virtual_size_for (export_size)) {
-    nbdkit_error ("%s: the sidecar's virtual size is %" PRIu64 " bytes but "
-                  "the export is %" PRIu64 " bytes%s: it tracks another "
-                  "disk; use the sidecar made for this export, or a new "
-                  "path", path, sidecar_size, export_size,
-                  export_size % 512 ? " (rounded up to whole 512-byte "
-                  "sectors, as QEMU sizes disks)" : "");
-    return -1;
-  }
-  return 0;
-}
-
-static unsigned
-open_flags (const struct tracker_config *cfg)
+unsigned
+tracker_open_flags (const struct tracker_config *cfg)
 {
   return cfg->in_use_policy == IN_USE_RESET ? SIDECAR_LOAD_IN_USE : 0;
 }
@@ -205,9 +190,10 @@ open_flags (const struct tracker_config *cfg)
  * whose finest recording bitmap has granules of 1 << FINEST bytes;
  * 0 after nbdkit_error.
  */
-static unsigned
-journal_bits (const struct tracker_config *cfg, const char *path,
-              uint64_t virtual_size, unsigned finest, unsigned cluster_bits)
+unsigned
+tracker_journal_bits (const struct tracker_config *cfg, const char *path,
+                      uint64_t virtual_size, unsigned finest,
+                      unsigned cluster_bits)
 {
   unsigned bits = cfg->crash_granularity_bits
     ? cfg->crash_granularity_bits : TRACKER_DEFAULT_CRASH_GRANULARITY_BITS;
@@ -295,8 +281,9 @@ list_stored_bitmaps (struct sidecar *sc, struct tracker_bitmap **bitmaps,
 /* The finest granularity the bitmaps recording at start-up need,
  * named ones not yet in the sidecar included.  0 after nbdkit_error.
  */
-static unsigned
-startup_finest_bits (const struct tracker_config *cfg, struct sidecar *sc)
+unsigned
+tracker_startup_finest_bits (const struct tracker_config *cfg,
+                             struct sidecar *sc)
 {
   struct tracker_bitmap *list;
   unsigned missing = 0, finest;
@@ -311,71 +298,6 @@ startup_finest_bits (const struct tracker_config *cfg, struct sidecar *sc)
   finest = tracker_finest_bits (list, n, missing, cfg->granularity_bits);
   tracker_free_bitmaps (list, n);
   return finest;
-}
-
-int
-tracker_validate (struct tracker *t, uint64_t export_size)
-{
-  const char *path = t->cfg->sidecar_path;
-  struct sidecar *sc;
-  int r;
-
-  if (export_size == 0) {
-    nbdkit_error ("the export is empty (0 bytes): there is nothing to track");
-    return -1;
-  }
-  t->probed_size = export_size;
-  if (access (path, F_OK) == -1 && errno == ENOENT) {
-    size_t i;
-
-    if (t->cfg->nr_names == 0 && !t->cfg->allow_no_bitmaps) {
-      nbdkit_error ("%s does not exist and no bitmap is named: add "
-                    "dirtybitmap=NAME to create the sidecar with a bitmap",
-                    path);
-      return -1;
-    }
-    if (sidecar_check_creatable (path, qcow2_virtual_size_for (export_size))
-        == -1)
-      return -1;
-    for (i = 0; i < t->cfg->nr_names; ++i)
-      if (qcow2_bitmap_size_check (path, t->cfg->names[i],
-                                   qcow2_virtual_size_for (export_size),
-                                   t->cfg->granularity_bits,
-                                   SIDECAR_NEW_CLUSTER_BITS) == -1)
-        return -1;
-    if (t->cfg->crash_safe &&
-        journal_bits (t->cfg, path, qcow2_virtual_size_for (export_size),
-                      t->cfg->granularity_bits, SIDECAR_NEW_CLUSTER_BITS)
-        == 0)
-      return -1;
-    return 0;
-  }
-  sc = sidecar_open (path, open_flags (t->cfg));
-  if (sc == NULL)
-    return -1;
-  r = check_size (path, sidecar_virtual_size (sc), export_size);
-  if (r == 0)
-    r = data_identity_check (t->cfg, sc);
-  if (r == 0)
-    r = select_bitmaps (t, sc, false) >= 0 ? 0 : -1;
-  if (r == 0 && t->cfg->crash_safe) {
-    unsigned finest = startup_finest_bits (t->cfg, sc);
-
-    if (finest == 0 ||
-        journal_bits (t->cfg, path, sidecar_virtual_size (sc), finest,
-                      sidecar_cluster_bits (sc)) == 0)
-      r = -1;
-  }
-  if (r == -1) {
-    sidecar_close (sc);
-    return -1;
-  }
-  /* Keep it open so that QEMU cannot write it before tracking starts
-   * (and never, with nbdkit -r).
-   */
-  sidecar_close (t->validated);
-  t->validated = sc;
-  return 0;
 }
 
 int
@@ -421,9 +343,9 @@ store_sync (void *sc)
 static int
 set_journal_bits (struct tracker *t, struct sidecar *sc, unsigned finest)
 {
-  unsigned bits = journal_bits (t->cfg, sidecar_path (sc),
-                                sidecar_virtual_size (sc), finest,
-                                sidecar_cluster_bits (sc));
+  unsigned bits = tracker_journal_bits (t->cfg, sidecar_path (sc),
+                                        sidecar_virtual_size (sc), finest,
+                                        sidecar_cluster_bits (sc));
 
   if (bits == 0)
     return -1;
@@ -452,7 +374,7 @@ tracker_start_locked (struct tracker *t, uint64_t export_size)
 {
   const char *path = t->cfg->sidecar_path;
   struct sidecar *sc;
-  int bits = 0;
+  int bits = 0, resize;
   unsigned finest;
   size_t i;
 
@@ -462,12 +384,14 @@ tracker_start_locked (struct tracker *t, uint64_t export_size)
   if (access (path, F_OK) == -1 && errno == ENOENT &&
       sidecar_create (path, qcow2_virtual_size_for (export_size)) == -1)
     return -1;
-  sc = sidecar_open (path, SIDECAR_WRITABLE | open_flags (t->cfg));
+  sc = sidecar_open (path, SIDECAR_WRITABLE | tracker_open_flags (t->cfg));
   if (sc == NULL)
     return -1;
-  if (check_size (path, sidecar_virtual_size (sc), export_size) == -1 ||
-      data_identity_check (t->cfg, sc) == -1 ||
-      select_bitmaps (t, sc, true) == -1 ||
+  /* The size last, as at start-up, and before any bitmap is added. */
+  if (data_identity_check (t->cfg, sc) == -1 ||
+      (resize = tracker_check_size (t->cfg, sc, export_size)) == -1 ||
+      (resize == 1 && tracker_adopt_size (sc, export_size) == -1) ||
+      tracker_select_bitmaps (t, sc, true) == -1 ||
       list_stored_bitmaps (sc, &t->bitmaps, &t->nr_bitmaps) == -1)
     goto err;
   finest = tracker_recording_bits (t);
@@ -516,6 +440,13 @@ tracker_start (struct tracker *t, uint64_t export_size)
     if (t->failed) {
       nbdkit_error ("%s: tracking could not start (see the first error)",
                     t->cfg->sidecar_path);
+      r = -1;
+    }
+    else if (t->read_only) {
+      nbdkit_error ("%s: the plugin cannot write, so nothing is tracked and "
+                    "the sidecar is left alone; serve a writable disk to "
+                    "manage its bitmaps, or manage them with qemu-img "
+                    "bitmap", t->cfg->sidecar_path);
       r = -1;
     }
     else if (!t->started &&

@@ -42,6 +42,13 @@ enum tracker_in_use_policy {
                                    before */
 };
 
+/* What to do when the export's size is not the sidecar's. */
+enum tracker_resize_policy {
+  RESIZE_REFUSE,                /* refuse to start */
+  RESIZE_ADOPT,                 /* resize the sidecar, marking any added
+                                   area dirty in every bitmap */
+};
+
 struct tracker_config {
   char *sidecar_path;
   char **names;                 /* dirtybitmap=NAME, in order */
@@ -50,6 +57,7 @@ struct tracker_config {
   bool crash_safe;
   unsigned crash_granularity_bits;  /* 0: the default */
   enum tracker_in_use_policy in_use_policy;
+  enum tracker_resize_policy resize_policy;
   bool allow_no_bitmaps;        /* bitmaps may come later (control socket) */
   char *data_path;              /* the data file or device, absolute */
   bool data_path_given;         /* by dirtybitmap-data=, not file= */
@@ -73,6 +81,9 @@ extern int tracker_config_set_crash_granularity (struct tracker_config *cfg,
                                                  int64_t granularity);
 /* keep, refuse or reset. */
 extern int tracker_config_set_in_use_policy (struct tracker_config *cfg,
+                                             const char *policy);
+/* adopt or refuse. */
+extern int tracker_config_set_resize_policy (struct tracker_config *cfg,
                                              const char *policy);
 /* What identifies the data: dirtybitmap-data=PATH (absolute), the
  * plugin's file=PATH (absolute; used only if it is the only one and
@@ -99,8 +110,34 @@ extern void tracker_free (struct tracker *t);
 /* Check the configuration against the sidecar (if it exists) and an
  * export of EXPORT_SIZE bytes, without changing anything on disk, so
  * that nbdkit refuses to start rather than fail its first client.
+ * It is the two halves below, one after the other.
  */
 extern int tracker_validate (struct tracker *t, uint64_t export_size);
+
+/* What the parameters and the sidecar tell without the plugin: the
+ * sidecar's structure, flags, locks and bitmaps, or, if it is missing,
+ * that a bitmap is named for it.  An existing sidecar stays open
+ * read-only, holding QEMU's read locks, until tracking starts.
+ */
+extern int tracker_validate_sidecar (struct tracker *t);
+
+/* What needs the plugin: the export's size, EXPORT_SIZE bytes, against
+ * the sidecar that tracker_validate_sidecar found (or the one that
+ * would be created).  May be called again, to repeat its error.
+ */
+extern int tracker_validate_size (struct tracker *t, uint64_t export_size);
+
+/* Close the sidecar tracker_validate_sidecar holds, releasing its
+ * locks, when nothing is about to be written through the filter
+ * (tracker_start checks the sidecar again).
+ */
+extern void tracker_release_sidecar (struct tracker *t);
+
+/* The plugin cannot write: tracking never starts (nothing could be
+ * recorded), so the sidecar is never created nor opened for writing,
+ * and is released.
+ */
+extern void tracker_set_read_only (struct tracker *t);
 
 /* Claim EXPORTNAME as the tracked export: the first name claimed wins
  * and any other is refused, so two exports never share a bitmap.
