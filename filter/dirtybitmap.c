@@ -9,6 +9,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -29,6 +30,7 @@ static struct tracker_config config;
 static struct tracker *tracker;
 static char *control_path;              /* dirtybitmap-control= */
 static struct qmp_server *control;
+static bool server_read_only;           /* nbdkit -r, or not known */
 
 static void
 dirtybitmap_load (void)
@@ -134,12 +136,45 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   return next (nxdata, key, value);
 }
 
+/* nbdkit 1.32 tells a filter whether the server is read-only (-r)
+ * only inside client connections, but the clean stop of a server that
+ * no client reached must know it too (see dirtybitmap_cleanup): read
+ * it from nbdkit's own command line.  If that cannot be read, the
+ * server counts as read-only, the side that changes nothing.
+ */
+static bool
+read_only_from_command_line (void)
+{
+  static char args[65536];
+  int fd = open ("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+  size_t len = 0;
+  ssize_t r = 0;
+
+  if (fd == -1) {
+    nbdkit_debug ("dirtybitmap: /proc/self/cmdline: %m: the server counts "
+                  "as read-only until a client connects");
+    return true;
+  }
+  while (len < sizeof args - 1 &&
+         (r = read (fd, args + len, sizeof args - 1 - len)) > 0)
+    len += r;
+  close (fd);
+  if (r == -1 || len == sizeof args - 1) {
+    nbdkit_debug ("dirtybitmap: /proc/self/cmdline could not be read whole: "
+                  "the server counts as read-only until a client connects");
+    return true;
+  }
+  args[len] = '\0';
+  return tracker_config_args_read_only (args, len);
+}
+
 static int
 dirtybitmap_config_complete (nbdkit_next_config_complete *next,
                              nbdkit_backend *nxdata)
 {
   if (tracker_config_check (&config) == -1)
     return -1;
+  server_read_only = read_only_from_command_line ();
   tracker = tracker_new (&config);
   if (tracker == NULL)
     return -1;
@@ -215,6 +250,11 @@ dirtybitmap_cleanup (nbdkit_backend *backend)
 {
   qmp_server_stop (control);
   control = NULL;
+  /* A restart after a crash needs no client: unless the server is
+   * read-only, what the journal rebuilt is stored at this clean stop.
+   */
+  if (!server_read_only)
+    tracker_start_if_recovered (tracker);
   tracker_record_identity (tracker, flush_data, backend);
   tracker_stop (tracker);     /* failures are kept for the exit status */
 }

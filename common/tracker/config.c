@@ -6,6 +6,7 @@
 #include <config.h>
 
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -209,6 +210,84 @@ tracker_config_set_data_id (struct tracker_config *cfg, const char *token)
     return -1;
   }
   return set_string (&cfg->data_token, token);
+}
+
+/* nbdkit's options that take a value, short and long (nbdkit 1.32):
+ * the value is the next argument unless it is attached.
+ */
+static const char short_options_with_value[] = "DegiPptuU";
+static const char *const long_options_with_value[] = {
+  "debug", "export", "export-name", "exportname", "filter", "group",
+  "ip-addr", "ipaddr", "log", "mask-handshake", "pid-file", "pidfile",
+  "port", "run", "selinux-label", "threads", "tls", "tls-certificates",
+  "tls-psk", "unix", "user", NULL
+};
+
+/* The first LEN bytes of ARG abbreviate WORD, as getopt_long allows. */
+static bool
+abbreviates (const char *arg, size_t len, const char *word)
+{
+  return len > 0 && len <= strlen (word) && strncmp (arg, word, len) == 0;
+}
+
+/* A long option ("--NAME" or "--NAME=VALUE"): read-only, or whether
+ * its value is the next argument.
+ */
+static bool
+long_option_read_only (const char *name, bool *value_next)
+{
+  size_t len = strcspn (name, "=");
+  size_t i;
+
+  /* "--r" could be --run too; from "--re" on it is read-only. */
+  if (len >= 2 &&
+      (abbreviates (name, len, "readonly") ||
+       abbreviates (name, len, "read-only")))
+    return true;
+  for (i = 0; name[len] == '\0' && long_options_with_value[i]; ++i)
+    if (abbreviates (name, len, long_options_with_value[i]))
+      *value_next = true;
+  return false;
+}
+
+/* Every argument is looked at, not only those before the plugin's
+ * name, since getopt lets options follow it; an argument that is an
+ * option's value is skipped.  A wrong guess can only make the server
+ * look read-only, which is the safe side: the sidecar is then left as
+ * it is when no client writes.
+ */
+bool
+tracker_config_args_read_only (const char *args, size_t len)
+{
+  const char *arg, *end = args + len;
+  bool value_next = false;
+
+  for (arg = args; arg < end; arg += strlen (arg) + 1) {
+    const char *p;
+
+    if (value_next) {
+      value_next = false;
+      continue;
+    }
+    if (strcmp (arg, "--") == 0)
+      break;
+    if (strncmp (arg, "--", 2) == 0) {
+      if (long_option_read_only (arg + 2, &value_next))
+        return true;
+      continue;
+    }
+    if (arg[0] != '-')
+      continue;
+    for (p = arg + 1; *p; ++p) {
+      if (*p == 'r')
+        return true;
+      if (strchr (short_options_with_value, *p)) {
+        value_next = p[1] == '\0';
+        break;
+      }
+    }
+  }
+  return false;
 }
 
 int

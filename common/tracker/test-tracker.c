@@ -7,6 +7,7 @@
  */
 #include <config.h>
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,6 +65,40 @@ test_parameters (void)
   CHECK (tracker_config_add_name (&cfg, "\xc3\xa9t\xc3\xa9") == 0);
   CHECK (tracker_config_check (&cfg) == 0);
   tracker_config_free (&cfg);
+}
+
+/* ARGS: nbdkit's arguments, NUL-separated as in /proc/self/cmdline,
+ * given with "|" for NUL.
+ */
+static bool
+read_only (const char *args)
+{
+  char buf[256];
+  size_t i, len = strlen (args);
+
+  for (i = 0; i <= len; ++i)
+    buf[i] = args[i] == '|' ? '\0' : args[i];
+  return tracker_config_args_read_only (buf, len + 1);
+}
+
+static void
+test_server_read_only (void)
+{
+  CHECK (!read_only ("nbdkit|-U|-|memory|1G|--run|true"));
+  CHECK (read_only ("nbdkit|-r|-U|-|memory|1G"));
+  CHECK (read_only ("nbdkit|-fr|memory|1G"));
+  CHECK (read_only ("nbdkit|-U|sock|-vr|memory|1G"));
+  CHECK (read_only ("nbdkit|memory|1G|--readonly"));
+  CHECK (read_only ("nbdkit|--read-only|memory|1G"));
+  CHECK (read_only ("nbdkit|--rea|memory|1G"));
+  /* Values of options that take one are not options. */
+  CHECK (!read_only ("nbdkit|-e|-r|memory|1G"));
+  CHECK (!read_only ("nbdkit|-Dr=1|memory|1G"));
+  CHECK (!read_only ("nbdkit|--run|-r|memory|1G"));
+  CHECK (!read_only ("nbdkit|--run=x|-fv|memory|1G"));
+  CHECK (!read_only ("nbdkit|--filter|-r|memory|1G"));
+  CHECK (!read_only ("nbdkit|-P|x|memory|1G|dirtybitmap-file=-r"));
+  CHECK (!read_only ("nbdkit|--|-r"));
 }
 
 /* Writes at 512-byte granularity fold into a 64K bitmap and a 512
@@ -174,6 +209,7 @@ main (void)
   CHECK (mkdtemp (dir) != NULL);
   snprintf (path, sizeof path, "%s/sidecar.qcow2", dir);
   test_parameters ();
+  test_server_read_only ();
   test_mark_fold_store ();
   test_disabled_named_is_refused ();
   unlink (path);

@@ -581,6 +581,41 @@ tracker_failed (const struct tracker *t)
   return t->failed;
 }
 
+static bool
+has_recovered_bitmaps (const struct sidecar *sc)
+{
+  size_t i;
+
+  for (i = 0; i < sidecar_nr_bitmaps (sc); ++i)
+    if (sidecar_bitmap_was_recovered (sidecar_bitmap_at (sc, i)))
+      return true;
+  return false;
+}
+
+/* Starting is what stores them: it opens the sidecar for writing,
+ * rebuilds the bitmaps and makes them recording again, and the stop
+ * then stores them as after any run.  Only when there is something to
+ * store, so that a server nobody wrote to leaves an undamaged sidecar
+ * byte for byte as it was.
+ */
+int
+tracker_start_if_recovered (struct tracker *t)
+{
+  int r = 0;
+
+  pthread_mutex_lock (&t->lock);
+  if (!t->started && !t->failed && t->validated && t->probed_size &&
+      has_recovered_bitmaps (t->validated)) {
+    nbdkit_debug ("dirtybitmap: no client wrote; storing the bitmaps the "
+                  "journal rebuilt after the crash");
+    r = tracker_start_locked (t, t->probed_size);
+    if (r == -1)
+      t->failed = true;
+  }
+  pthread_mutex_unlock (&t->lock);
+  return r;
+}
+
 void
 tracker_record_identity (struct tracker *t, tracker_flush_fn *flush,
                          void *opaque)

@@ -14,6 +14,7 @@
 #define DIRTYBITMAP_TRACKER_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define TRACKER_DEFAULT_GRANULARITY_BITS 16
@@ -75,6 +76,11 @@ extern int tracker_config_note_plugin_file (struct tracker_config *cfg,
                                             const char *path);
 extern int tracker_config_set_data_id (struct tracker_config *cfg,
                                        const char *token);
+/* Whether nbdkit's command line, ARGS (LEN bytes of NUL-terminated
+ * arguments, as /proc/self/cmdline holds them), makes the server
+ * read-only (-r, --readonly, --read-only, or an abbreviation).
+ */
+extern bool tracker_config_args_read_only (const char *args, size_t len);
 /* All required parameters are there. */
 extern int tracker_config_check (const struct tracker_config *cfg);
 
@@ -108,6 +114,14 @@ extern int tracker_start (struct tracker *t, uint64_t export_size);
  * ran out, EIO if the mark could not be made durable.
  */
 extern int tracker_mark (struct tracker *t, uint64_t offset, uint64_t count);
+
+/* At the clean stop of a server that may write, before
+ * tracker_record_identity: if tracking never started (no client
+ * wrote) but the sidecar holds bitmaps that the journal rebuilt after
+ * a crash, start tracking now, so that tracker_stop stores them
+ * consistent.  Otherwise nothing on disk changes.
+ */
+extern int tracker_start_if_recovered (struct tracker *t);
 
 /* At the clean stop, after the last request: if tracking started and
  * something identifies the data, flush the data with FLUSH (given the
