@@ -115,6 +115,8 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     return set_path (value, true, tracker_config_set_data);
   if (strcmp (key, "dirtybitmap-data-id") == 0)
     return tracker_config_set_data_id (&config, value);
+  if (strcmp (key, "dirtybitmap-export") == 0)
+    return tracker_config_set_export (&config, value);
   /* The file plugin's data (or some other plugin's file=, which the
    * tracker uses only if it is the only one): noted, and passed on.
    */
@@ -190,6 +192,7 @@ dirtybitmap_config_complete (nbdkit_next_config_complete *next,
   "dirtybitmap-in-use=keep|refuse|reset Bitmaps left in use (default keep).\n" \
   "dirtybitmap-data=<FILE|DEVICE> The data the bitmaps describe (default: file=).\n" \
   "dirtybitmap-data-id=<STRING> Identifies the data when no file can.\n" \
+  "dirtybitmap-export=<NAME>   The export whose writes are tracked.\n" \
   "dirtybitmap-control=<SOCKET> QMP socket to manage bitmaps while serving."
 
 /* Open the default export once, before serving anyone, so that a
@@ -261,6 +264,7 @@ dirtybitmap_cleanup (nbdkit_backend *backend)
 
 struct handle {
   const char *exportname;       /* interned: lives as long as the handle */
+  bool claimed;                 /* its writes are tracked (see claim) */
 };
 
 static void *
@@ -271,9 +275,9 @@ dirtybitmap_open (nbdkit_next_open *next, nbdkit_context *context,
 
   if (next (context, readonly, exportname) == -1)
     return NULL;
-  h = malloc (sizeof *h);
+  h = calloc (1, sizeof *h);
   if (h == NULL) {
-    nbdkit_error ("malloc: %m");
+    nbdkit_error ("calloc: %m");
     return NULL;
   }
   h->exportname = nbdkit_strdup_intern (exportname);
@@ -290,24 +294,10 @@ dirtybitmap_close (void *handle)
   free (handle);
 }
 
-/* Tracking starts with the first connection that may write, so that a
- * read-only server (nbdkit -r) never touches the sidecar.  That
- * connection's export is the one tracked: a connection that may write
- * to another export is refused.
- */
+/* Start tracking (once; later calls check the size). */
 static int
-dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
+start (int64_t size)
 {
-  struct handle *h = handle;
-  int64_t size;
-
-  if (readonly)
-    return 0;
-  size = next->get_size (next);
-  if (size == -1)
-    return -1;
-  if (tracker_claim_export (tracker, h->exportname) == -1)
-    return -1;
   if (tracker_start (tracker, size) == -1) {
     /* Serving writes that no bitmap records would break the promise
      * the bitmaps make: stop instead.
@@ -319,11 +309,65 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
   return 0;
 }
 
+/* Tracking starts with the first connection that may write, so that a
+ * read-only server (nbdkit -r) never touches the sidecar.  Its export
+ * is claimed only by its first write (see claim): a connection that
+ * never writes, such as a monitoring probe, must not decide which
+ * export is tracked.  A connection that may write to an export known
+ * not to be the tracked one is refused as it opens.
+ */
 static int
-mark (uint64_t offset, uint32_t count, const char *what, int *err)
+dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
+{
+  struct handle *h = handle;
+  int64_t size;
+  int r;
+
+  if (readonly)
+    return 0;
+  size = next->get_size (next);
+  if (size == -1)
+    return -1;
+  r = tracker_check_export (tracker, h->exportname, size);
+  if (r <= 0)
+    return r;
+  return start (size);
+}
+
+/* The first write, zero or trim of a connection claims its export,
+ * and starts tracking if its connection did not.
+ */
+static int
+claim (nbdkit_next *next, struct handle *h, int *err)
+{
+  int64_t size = next->get_size (next);
+
+  if (size == -1) {
+    *err = EIO;
+    return -1;
+  }
+  if (tracker_claim_export (tracker, h->exportname) == -1) {
+    *err = EPERM;
+    return -1;
+  }
+  if (start (size) == -1) {
+    *err = EIO;
+    return -1;
+  }
+  __atomic_store_n (&h->claimed, true, __ATOMIC_RELEASE);
+  return 0;
+}
+
+/* Once the connection has claimed, one load more than marking. */
+static int
+mark (nbdkit_next *next, struct handle *h, uint64_t offset, uint32_t count,
+      const char *what, int *err)
 {
   int e;
 
+  if (!__atomic_load_n (&h->claimed, __ATOMIC_ACQUIRE) &&
+      claim (next, h, err) == -1)
+    return -1;
   if (dirtybitmap_debug_writes)
     nbdkit_debug ("dirtybitmap: %s offset %" PRIu64 " count %" PRIu32,
                   what, offset, count);
@@ -339,7 +383,7 @@ static int
 dirtybitmap_pwrite (nbdkit_next *next, void *handle, const void *buf,
                     uint32_t count, uint64_t offset, uint32_t flags, int *err)
 {
-  if (mark (offset, count, "write", err) == -1)
+  if (mark (next, handle, offset, count, "write", err) == -1)
     return -1;
   return next->pwrite (next, buf, count, offset, flags, err);
 }
@@ -348,7 +392,7 @@ static int
 dirtybitmap_zero (nbdkit_next *next, void *handle,
                   uint32_t count, uint64_t offset, uint32_t flags, int *err)
 {
-  if (mark (offset, count, "zero", err) == -1)
+  if (mark (next, handle, offset, count, "zero", err) == -1)
     return -1;
   return next->zero (next, count, offset, flags, err);
 }
@@ -357,7 +401,7 @@ static int
 dirtybitmap_trim (nbdkit_next *next, void *handle,
                   uint32_t count, uint64_t offset, uint32_t flags, int *err)
 {
-  if (mark (offset, count, "trim", err) == -1)
+  if (mark (next, handle, offset, count, "trim", err) == -1)
     return -1;
   return next->trim (next, count, offset, flags, err);
 }

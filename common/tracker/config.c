@@ -17,6 +17,9 @@
 #include "tracker.h"
 #include "utf8.h"
 
+/* NBD's limit on the length of a string such as an export name. */
+#define NBD_MAX_EXPORT_NAME 4096
+
 void
 tracker_config_init (struct tracker_config *cfg)
 {
@@ -37,6 +40,7 @@ tracker_config_free (struct tracker_config *cfg)
   free (cfg->names);
   free (cfg->data_path);
   free (cfg->data_token);
+  free (cfg->export_name);
   tracker_config_init (cfg);
 }
 
@@ -194,6 +198,7 @@ tracker_config_note_plugin_file (struct tracker_config *cfg, const char *path)
                   "it does not identify the data", path);
     return 0;
   }
+  cfg->plugin_file_is_disk = cfg->nr_plugin_files == 1;
   return set_string (&cfg->data_path, path);
 }
 
@@ -210,6 +215,23 @@ tracker_config_set_data_id (struct tracker_config *cfg, const char *token)
     return -1;
   }
   return set_string (&cfg->data_token, token);
+}
+
+int
+tracker_config_set_export (struct tracker_config *cfg, const char *name)
+{
+  if (cfg->export_name) {
+    nbdkit_error ("dirtybitmap-export= given twice: it names the one export "
+                  "whose writes the sidecar tracks");
+    return -1;
+  }
+  if (strlen (name) > NBD_MAX_EXPORT_NAME) {
+    nbdkit_error ("dirtybitmap-export=: the name is longer than the %d bytes "
+                  "NBD allows an export name; give the name clients use",
+                  NBD_MAX_EXPORT_NAME);
+    return -1;
+  }
+  return set_string (&cfg->export_name, name);
 }
 
 /* nbdkit's options that take a value, short and long (nbdkit 1.32):

@@ -84,6 +84,8 @@ read_only (const char *args)
 static void
 test_server_read_only (void)
 {
+  struct tracker_config cfg;
+
   CHECK (!read_only ("nbdkit|-U|-|memory|1G|--run|true"));
   CHECK (read_only ("nbdkit|-r|-U|-|memory|1G"));
   CHECK (read_only ("nbdkit|-fr|memory|1G"));
@@ -99,6 +101,12 @@ test_server_read_only (void)
   CHECK (!read_only ("nbdkit|--filter|-r|memory|1G"));
   CHECK (!read_only ("nbdkit|-P|x|memory|1G|dirtybitmap-file=-r"));
   CHECK (!read_only ("nbdkit|--|-r"));
+
+  tracker_config_init (&cfg);
+  CHECK (tracker_config_set_export (&cfg, "vda") == 0);
+  CHECK (tracker_config_set_export (&cfg, "vdb") == -1);
+  CHECK_ERROR_MENTIONS ("dirtybitmap-export= given twice");
+  tracker_config_free (&cfg);
 }
 
 /* Writes at 512-byte granularity fold into a 64K bitmap and a 512

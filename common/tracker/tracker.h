@@ -49,6 +49,10 @@ struct tracker_config {
   bool data_path_given;         /* by dirtybitmap-data=, not file= */
   unsigned nr_plugin_files;     /* file= seen passing to the plugin */
   char *data_token;             /* dirtybitmap-data-id= */
+  bool plugin_file_is_disk;     /* the plugin's only file= is a local file
+                                   or device: it serves that one disk
+                                   whatever the export name */
+  char *export_name;            /* dirtybitmap-export=, or NULL */
 };
 
 extern void tracker_config_init (struct tracker_config *cfg);
@@ -76,6 +80,9 @@ extern int tracker_config_note_plugin_file (struct tracker_config *cfg,
                                             const char *path);
 extern int tracker_config_set_data_id (struct tracker_config *cfg,
                                        const char *token);
+/* dirtybitmap-export=NAME: the export whose writes are tracked. */
+extern int tracker_config_set_export (struct tracker_config *cfg,
+                                      const char *name);
 /* Whether nbdkit's command line, ARGS (LEN bytes of NUL-terminated
  * arguments, as /proc/self/cmdline holds them), makes the server
  * read-only (-r, --readonly, --read-only, or an abbreviation).
@@ -95,9 +102,23 @@ extern void tracker_free (struct tracker *t);
  */
 extern int tracker_validate (struct tracker *t, uint64_t export_size);
 
-/* Claim EXPORTNAME as the tracked export: the first name claimed wins
- * and any other is refused, so two exports never share a bitmap.
+/* The tracked export is dirtybitmap-export=NAME, or else the first
+ * export written to.  Another name is the same disk if the plugin
+ * serves one disk whatever the name (its only file= is a local file
+ * or device); otherwise its writes are refused, so two disks never
+ * share a bitmap.
+ *
+ * tracker_check_export, for a connection to EXPORTNAME (EXPORT_SIZE
+ * bytes) that may write: -1 (with nbdkit_error) if it is known not to
+ * be the tracked export; 1 if it is, or may well be (no export is
+ * claimed yet, and its size is the one checked at start-up), so that
+ * tracking starts now; 0 to let its first write decide.
+ * tracker_claim_export, at a connection's first write: -1 (with
+ * nbdkit_error) if EXPORTNAME is not the tracked export; it becomes
+ * the tracked one if none is yet.
  */
+extern int tracker_check_export (struct tracker *t, const char *exportname,
+                                 uint64_t export_size);
 extern int tracker_claim_export (struct tracker *t, const char *exportname);
 
 /* Begin tracking, once, before the first write is let through: create
@@ -205,7 +226,10 @@ extern int tracker_extents (struct tracker *t, const char *name,
                             size_t *nr_extents, uint64_t *next,
                             char **error);
 
-/* The export the bitmaps describe, for the control socket's "node". */
+/* The export the bitmaps describe, for the control socket's "node",
+ * and the name to open the plugin with: dirtybitmap-export=, else the
+ * first export written to, else "".
+ */
 extern const char *tracker_export_name (struct tracker *t);
 
 #endif /* DIRTYBITMAP_TRACKER_H */
