@@ -27,19 +27,7 @@ start_daemon ()
   rm -f "$sock" "$sock.pid"
   nbdkit -P "$sock.pid" -U "$sock" --filter="$FILTER" "$@" \
     2> "$sock.err" || { cat "$sock.err" >&2; fail "the daemon did not start"; }
-  pid="$(cat "$sock.pid")"
-  cleanup_fn "kill -9 $pid 2>/dev/null"
-}
-
-stop_daemon ()
-{
-  local i
-  kill -TERM "$pid"
-  for (( i = 0; i < 400; i++ )); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.05
-  done
-  fail "the daemon did not stop"
+  cleanup_fn "kill -9 $(cat "$sock.pid") 2>/dev/null"
 }
 
 # nbdkit in the foreground on $sock (its errors in $sock.err), and its
@@ -86,7 +74,7 @@ start_daemon -e vda file "$disk" dirtybitmap-file="$sidecar" dirtybitmap=b
 [ "$(write_to vda 65536)" = ok ] || fail "the writer to vda was refused"
 [ "$(write_to "" 1048576)" = ok ] ||
   fail "the writer to the default name of the same disk was refused"
-stop_daemon
+stop_daemon "$sock.pid"
 [ ! -s "$sock.err" ] || { cat "$sock.err" >&2; fail "nbdkit printed errors"; }
 qemu_check "$sidecar"
 [ "$(bitmap_flags "$sidecar" b)" = "auto 65536" ] ||

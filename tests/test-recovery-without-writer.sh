@@ -71,14 +71,8 @@ crash_under_load daemon
 sock="$dir/sock2"
 nbdkit -P "$sock.pid" -U "$sock" --filter="$FILTER" null $size \
   "${params[@]}" 2> "$sock.err" || fail "the daemon did not start"
-pid="$(cat "$sock.pid")"
-cleanup_fn "kill -9 $pid 2>/dev/null"
-kill -TERM "$pid"
-for (( i = 0; i < 400; i++ )); do
-  kill -0 "$pid" 2>/dev/null || break
-  sleep 0.05
-done
-kill -0 "$pid" 2>/dev/null && fail "the daemon did not stop"
+cleanup_fn "kill -9 $(cat "$sock.pid") 2>/dev/null"
+stop_daemon "$sock.pid"
 check_recovered "daemon + SIGTERM" "$sock.err"
 
 # 2. -r after a crash: the sidecar stays as the crash left it.
