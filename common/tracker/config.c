@@ -185,20 +185,24 @@ int
 tracker_config_note_plugin_file (struct tracker_config *cfg, const char *path)
 {
   struct stat st;
+  bool is_disk = stat (path, &st) == 0 && (S_ISREG (st.st_mode) ||
+                                           S_ISBLK (st.st_mode));
 
   cfg->nr_plugin_files++;
+  /* One such file= is the one disk the plugin serves, whatever the
+   * export name (see tracked-export.c).
+   */
+  cfg->plugin_file_is_disk = cfg->nr_plugin_files == 1 && is_disk;
   if (cfg->data_path_given || cfg->data_path)
     return 0;                   /* the first one, if it is the only one */
   /* Some plugins' file= is no local file (vddk's "[datastore] path"):
    * such a plugin is one without an identity, not a changed one.
    */
-  if (stat (path, &st) == -1 || !(S_ISREG (st.st_mode) ||
-                                  S_ISBLK (st.st_mode))) {
+  if (!is_disk) {
     nbdkit_debug ("dirtybitmap: file=%s is no local file or block device: "
                   "it does not identify the data", path);
     return 0;
   }
-  cfg->plugin_file_is_disk = cfg->nr_plugin_files == 1;
   return set_string (&cfg->data_path, path);
 }
 

@@ -103,6 +103,17 @@ test_server_read_only (void)
   CHECK (!read_only ("nbdkit|--|-r"));
 
   tracker_config_init (&cfg);
+  CHECK (tracker_config_note_plugin_file (&cfg, path) == 0);
+  CHECK (!cfg.plugin_file_is_disk);     /* it does not exist yet */
+  CHECK (tracker_config_note_plugin_file (&cfg, "/dev/null") == 0);
+  CHECK (!cfg.plugin_file_is_disk);     /* two of them, and no disk */
+  tracker_config_free (&cfg);
+  tracker_config_init (&cfg);
+  CHECK (tracker_config_set_data (&cfg, "/proc/self/exe") == 0);
+  CHECK (tracker_config_note_plugin_file (&cfg, "/proc/self/exe") == 0);
+  CHECK (cfg.plugin_file_is_disk);
+  CHECK (tracker_config_note_plugin_file (&cfg, "/proc/self/exe") == 0);
+  CHECK (!cfg.plugin_file_is_disk);
   CHECK (tracker_config_set_export (&cfg, "vda") == 0);
   CHECK (tracker_config_set_export (&cfg, "vdb") == -1);
   CHECK_ERROR_MENTIONS ("dirtybitmap-export= given twice");
