@@ -11,6 +11,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <libgen.h>
 #include <stdbool.h>
@@ -44,7 +45,9 @@ static bool size_refused;
  * forked, as a daemon or to run a --run command.
  */
 static pid_t startup_pid;
-/* nbdkit -r, which .preconnect is told. */
+/* nbdkit -r: guessed from nbdkit's command line at start-up (a guess
+ * that cannot tell counts as read-only), then told by .preconnect.
+ */
 static bool server_read_only;
 
 static void
@@ -134,6 +137,8 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     return set_path (value, true, tracker_config_set_data);
   if (strcmp (key, "dirtybitmap-data-id") == 0)
     return tracker_config_set_data_id (&config, value);
+  if (strcmp (key, "dirtybitmap-export") == 0)
+    return tracker_config_set_export (&config, value);
   if (strcmp (key, "dirtybitmap-store-interval") == 0) {
     unsigned seconds;
     if (nbdkit_parse_unsigned ("dirtybitmap-store-interval", value,
@@ -176,12 +181,45 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   return next (nxdata, key, value);
 }
 
+/* nbdkit 1.32 tells a filter whether the server is read-only (-r)
+ * only inside client connections, but the clean stop of a server that
+ * no client reached must know it too (see dirtybitmap_cleanup): read
+ * it from nbdkit's own command line.  If that cannot be read, the
+ * server counts as read-only, the side that changes nothing.
+ */
+static bool
+read_only_from_command_line (void)
+{
+  static char args[65536];
+  int fd = open ("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+  size_t len = 0;
+  ssize_t r = 0;
+
+  if (fd == -1) {
+    nbdkit_debug ("dirtybitmap: /proc/self/cmdline: %m: the server counts "
+                  "as read-only until a client connects");
+    return true;
+  }
+  while (len < sizeof args - 1 &&
+         (r = read (fd, args + len, sizeof args - 1 - len)) > 0)
+    len += r;
+  close (fd);
+  if (r == -1 || len == sizeof args - 1) {
+    nbdkit_debug ("dirtybitmap: /proc/self/cmdline could not be read whole: "
+                  "the server counts as read-only until a client connects");
+    return true;
+  }
+  args[len] = '\0';
+  return tracker_config_args_read_only (args, len);
+}
+
 static int
 dirtybitmap_config_complete (nbdkit_next_config_complete *next,
                              nbdkit_backend *nxdata)
 {
   if (tracker_config_check (&config) == -1)
     return -1;
+  server_read_only = read_only_from_command_line ();
   tracker = tracker_new (&config);
   if (tracker == NULL)
     return -1;
@@ -212,6 +250,7 @@ dirtybitmap_config_complete (nbdkit_next_config_complete *next,
   "dirtybitmap-resize=refuse|adopt Export resized (default refuse).\n" \
   "dirtybitmap-data=<FILE|DEVICE> The data the bitmaps describe (default: file=).\n" \
   "dirtybitmap-data-id=<STRING> Identifies the data when no file can.\n" \
+  "dirtybitmap-export=<NAME>   The export whose writes are tracked.\n" \
   "dirtybitmap-control=<SOCKET> QMP socket to manage bitmaps while serving.\n" \
   "dirtybitmap-view-scratch=<DIR> Where views keep their copies (default:\n" \
   "                            the sidecar's directory).\n" \
@@ -328,6 +367,11 @@ dirtybitmap_cleanup (nbdkit_backend *backend)
   control = NULL;
   tracker_store_timer_stop (store_timer);
   store_timer = NULL;
+  /* A restart after a crash needs no client: unless the server is
+   * read-only, what the journal rebuilt is stored at this clean stop.
+   */
+  if (!server_read_only)
+    tracker_start_if_recovered (tracker);
   tracker_record_identity (tracker, flush_data, backend);
   tracker_stop (tracker);     /* failures are kept for the exit status */
 }
@@ -343,6 +387,7 @@ dirtybitmap_preconnect (nbdkit_next_preconnect *next, nbdkit_backend *nxdata,
 struct handle {
   const char *exportname;       /* interned: lives as long as the handle */
   struct view *view;            /* a view's connection, else NULL */
+  bool claimed;                 /* its writes are tracked (see claim) */
 };
 
 /* A view's connection reads the plugin's tracked export, read-only:
@@ -360,9 +405,9 @@ dirtybitmap_open (nbdkit_next_open *next, nbdkit_context *context,
     view_close (view);
     return NULL;
   }
-  h = malloc (sizeof *h);
+  h = calloc (1, sizeof *h);
   if (h == NULL) {
-    nbdkit_error ("malloc: %m");
+    nbdkit_error ("calloc: %m");
     view_close (view);
     return NULL;
   }
@@ -385,17 +430,34 @@ dirtybitmap_close (void *handle)
   free (h);
 }
 
+/* Start tracking (once; later calls check the size). */
+static int
+start (int64_t size)
+{
+  if (tracker_start (tracker, size) == -1) {
+    /* Serving writes that no bitmap records would break the promise
+     * the bitmaps make: stop instead.
+     */
+    if (tracker_failed (tracker))
+      nbdkit_shutdown ();
+    return -1;
+  }
+  return 0;
+}
+
 /* Tracking starts with the first connection that may write, so that a
- * read-only server (nbdkit -r) never touches the sidecar.  That
- * connection's export is the one tracked: a connection that may write
- * to another export is refused.
+ * read-only server (nbdkit -r) never touches the sidecar.  Its export
+ * is claimed only by its first write (see claim): a connection that
+ * never writes, such as a monitoring probe, must not decide which
+ * export is tracked.  A connection that may write to an export known
+ * not to be the tracked one is refused as it opens.
  */
 static int
 dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
 {
   struct handle *h = handle;
   int64_t size;
-  int can_write;
+  int can_write, r;
 
   if (h->view)
     return 0;                   /* a view's reads claim nothing */
@@ -426,16 +488,33 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
   size = next->get_size (next);
   if (size == -1)
     return -1;
-  if (tracker_claim_export (tracker, h->exportname) == -1)
-    return -1;
-  if (tracker_start (tracker, size) == -1) {
-    /* Serving writes that no bitmap records would break the promise
-     * the bitmaps make: stop instead.
-     */
-    if (tracker_failed (tracker))
-      nbdkit_shutdown ();
+  r = tracker_check_export (tracker, h->exportname, size);
+  if (r <= 0)
+    return r;
+  return start (size);
+}
+
+/* The first write, zero or trim of a connection claims its export,
+ * and starts tracking if its connection did not.
+ */
+static int
+claim (nbdkit_next *next, struct handle *h, int *err)
+{
+  int64_t size = next->get_size (next);
+
+  if (size == -1) {
+    *err = EIO;
     return -1;
   }
+  if (tracker_claim_export (tracker, h->exportname) == -1) {
+    *err = EPERM;
+    return -1;
+  }
+  if (start (size) == -1) {
+    *err = EIO;
+    return -1;
+  }
+  __atomic_store_n (&h->claimed, true, __ATOMIC_RELEASE);
   return 0;
 }
 
@@ -449,17 +528,21 @@ read_next (void *opaque, void *buf, uint32_t count, uint64_t offset,
   return next->pread (next, buf, count, offset, 0, err);
 }
 
-/* Before a write, zero or trim passes on: mark it, and copy what the
- * views still need of it, reading through this connection.  Unless
- * this fails, end_write must follow once the plugin has replied.
+/* Before a write, zero or trim passes on: claim the export (once the
+ * connection has, one load), mark the range, and copy what the views
+ * still need of it, reading through this connection.  Unless this
+ * fails, end_write must follow once the plugin has replied.
  */
 static int
-begin_write (nbdkit_next *next, uint64_t offset, uint32_t count,
-             const char *what, int *err)
+begin_write (nbdkit_next *next, struct handle *h, uint64_t offset,
+             uint32_t count, const char *what, int *err)
 {
   bool copy = false;
   int e;
 
+  if (!__atomic_load_n (&h->claimed, __ATOMIC_ACQUIRE) &&
+      claim (next, h, err) == -1)
+    return -1;
   if (dirtybitmap_debug_writes)
     nbdkit_debug ("dirtybitmap: %s offset %" PRIu64 " count %" PRIu32,
                   what, offset, count);
@@ -510,9 +593,11 @@ static int
 dirtybitmap_pwrite (nbdkit_next *next, void *handle, const void *buf,
                     uint32_t count, uint64_t offset, uint32_t flags, int *err)
 {
-  if (((struct handle *) handle)->view)
-    return refuse_view_write (handle, "write", err);
-  if (begin_write (next, offset, count, "write", err) == -1)
+  struct handle *h = handle;
+
+  if (h->view)
+    return refuse_view_write (h, "write", err);
+  if (begin_write (next, h, offset, count, "write", err) == -1)
     return -1;
   return end_write (next->pwrite (next, buf, count, offset, flags, err));
 }
@@ -521,9 +606,11 @@ static int
 dirtybitmap_zero (nbdkit_next *next, void *handle,
                   uint32_t count, uint64_t offset, uint32_t flags, int *err)
 {
-  if (((struct handle *) handle)->view)
-    return refuse_view_write (handle, "zero", err);
-  if (begin_write (next, offset, count, "zero", err) == -1)
+  struct handle *h = handle;
+
+  if (h->view)
+    return refuse_view_write (h, "zero", err);
+  if (begin_write (next, h, offset, count, "zero", err) == -1)
     return -1;
   return end_write (next->zero (next, count, offset, flags, err));
 }
@@ -537,7 +624,7 @@ dirtybitmap_trim (nbdkit_next *next, void *handle,
 
   if (h->view)
     return view_trim (h->view, count, offset, err);
-  if (begin_write (next, offset, count, "trim", err) == -1)
+  if (begin_write (next, h, offset, count, "trim", err) == -1)
     return -1;
   return end_write (next->trim (next, count, offset, flags, err));
 }

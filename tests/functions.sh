@@ -237,6 +237,21 @@ wait_nbdkit_exit ()
   _cleanup_actions=("${_cleanup_actions[@]}")
 }
 
+# Stop the daemon whose pid file is PIDFILE with SIGTERM and wait, 20 s
+# at most, until it is gone (a daemon is no child of ours: its exit
+# status cannot be had).
+stop_daemon ()
+{
+  local pid i
+  pid="$(cat "$1")"
+  kill -TERM "$pid"
+  for (( i = 0; i < 400; i++ )); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.05
+  done
+  fail "the daemon (pid $pid) did not stop"
+}
+
 # After a crash: start nbdkit with the filter on SOCK (the rest of the
 # arguments are nbdkit's), make one writable connection, which starts
 # tracking and so recovers the bitmaps, and stop nbdkit cleanly.

@@ -3,7 +3,7 @@
 # Copyright (C) 2026 The nbdkit-dirtybitmap authors
 
 # With a plugin serving several exports, the first export a client
-# opens for writing is the one tracked: a client asking for another
+# writes to is the one tracked: a client asking for another
 # export is refused with "tracks export 'A'; export 'B' is refused",
 # clients of the same export are still served, and the map holds only
 # A's writes.  A client whose export the plugin refuses claims nothing.

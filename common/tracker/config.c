@@ -6,6 +6,7 @@
 #include <config.h>
 
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -15,6 +16,9 @@
 #include "qcow2-format.h"
 #include "tracker.h"
 #include "utf8.h"
+
+/* NBD's limit on the length of a string such as an export name. */
+#define NBD_MAX_EXPORT_NAME 4096
 
 void
 tracker_config_init (struct tracker_config *cfg)
@@ -38,6 +42,7 @@ tracker_config_free (struct tracker_config *cfg)
   free (cfg->names);
   free (cfg->data_path);
   free (cfg->data_token);
+  free (cfg->export_name);
   tracker_config_init (cfg);
 }
 
@@ -200,15 +205,20 @@ int
 tracker_config_note_plugin_file (struct tracker_config *cfg, const char *path)
 {
   struct stat st;
+  bool is_disk = stat (path, &st) == 0 && (S_ISREG (st.st_mode) ||
+                                           S_ISBLK (st.st_mode));
 
   cfg->nr_plugin_files++;
+  /* One such file= is the one disk the plugin serves, whatever the
+   * export name (see tracked-export.c).
+   */
+  cfg->plugin_file_is_disk = cfg->nr_plugin_files == 1 && is_disk;
   if (cfg->data_path_given || cfg->data_path)
     return 0;                   /* the first one, if it is the only one */
   /* Some plugins' file= is no local file (vddk's "[datastore] path"):
    * such a plugin is one without an identity, not a changed one.
    */
-  if (stat (path, &st) == -1 || !(S_ISREG (st.st_mode) ||
-                                  S_ISBLK (st.st_mode))) {
+  if (!is_disk) {
     nbdkit_debug ("dirtybitmap: file=%s is no local file or block device: "
                   "it does not identify the data", path);
     return 0;
@@ -238,6 +248,101 @@ tracker_config_set_store_interval (struct tracker_config *cfg,
   cfg->store_interval = seconds;
   cfg->store_interval_given = true;
   return 0;
+}
+
+int
+tracker_config_set_export (struct tracker_config *cfg, const char *name)
+{
+  if (cfg->export_name) {
+    nbdkit_error ("dirtybitmap-export= given twice: it names the one export "
+                  "whose writes the sidecar tracks");
+    return -1;
+  }
+  if (strlen (name) > NBD_MAX_EXPORT_NAME) {
+    nbdkit_error ("dirtybitmap-export=: the name is longer than the %d bytes "
+                  "NBD allows an export name; give the name clients use",
+                  NBD_MAX_EXPORT_NAME);
+    return -1;
+  }
+  return set_string (&cfg->export_name, name);
+}
+
+/* nbdkit's options that take a value, short and long (nbdkit 1.32):
+ * the value is the next argument unless it is attached.
+ */
+static const char short_options_with_value[] = "DegiPptuU";
+static const char *const long_options_with_value[] = {
+  "debug", "export", "export-name", "exportname", "filter", "group",
+  "ip-addr", "ipaddr", "log", "mask-handshake", "pid-file", "pidfile",
+  "port", "run", "selinux-label", "threads", "tls", "tls-certificates",
+  "tls-psk", "unix", "user", NULL
+};
+
+/* The first LEN bytes of ARG abbreviate WORD, as getopt_long allows. */
+static bool
+abbreviates (const char *arg, size_t len, const char *word)
+{
+  return len > 0 && len <= strlen (word) && strncmp (arg, word, len) == 0;
+}
+
+/* A long option ("--NAME" or "--NAME=VALUE"): read-only, or whether
+ * its value is the next argument.
+ */
+static bool
+long_option_read_only (const char *name, bool *value_next)
+{
+  size_t len = strcspn (name, "=");
+  size_t i;
+
+  /* "--r" could be --run too; from "--re" on it is read-only. */
+  if (len >= 2 &&
+      (abbreviates (name, len, "readonly") ||
+       abbreviates (name, len, "read-only")))
+    return true;
+  for (i = 0; name[len] == '\0' && long_options_with_value[i]; ++i)
+    if (abbreviates (name, len, long_options_with_value[i]))
+      *value_next = true;
+  return false;
+}
+
+/* Every argument is looked at, not only those before the plugin's
+ * name, since getopt lets options follow it; an argument that is an
+ * option's value is skipped.  A wrong guess can only make the server
+ * look read-only, which is the safe side: the sidecar is then left as
+ * it is when no client writes.
+ */
+bool
+tracker_config_args_read_only (const char *args, size_t len)
+{
+  const char *arg, *end = args + len;
+  bool value_next = false;
+
+  for (arg = args; arg < end; arg += strlen (arg) + 1) {
+    const char *p;
+
+    if (value_next) {
+      value_next = false;
+      continue;
+    }
+    if (strcmp (arg, "--") == 0)
+      break;
+    if (strncmp (arg, "--", 2) == 0) {
+      if (long_option_read_only (arg + 2, &value_next))
+        return true;
+      continue;
+    }
+    if (arg[0] != '-')
+      continue;
+    for (p = arg + 1; *p; ++p) {
+      if (*p == 'r')
+        return true;
+      if (strchr (short_options_with_value, *p)) {
+        value_next = p[1] == '\0';
+        break;
+      }
+    }
+  }
+  return false;
 }
 
 int

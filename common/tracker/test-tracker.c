@@ -7,6 +7,7 @@
  */
 #include <config.h>
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,6 +68,59 @@ test_parameters (void)
   CHECK (tracker_config_set_resize_policy (&cfg, "adopt") == 0);
   CHECK (cfg.resize_policy == RESIZE_ADOPT);
   CHECK (tracker_config_check (&cfg) == 0);
+  tracker_config_free (&cfg);
+}
+
+/* ARGS: nbdkit's arguments, NUL-separated as in /proc/self/cmdline,
+ * given with "|" for NUL.
+ */
+static bool
+read_only (const char *args)
+{
+  char buf[256];
+  size_t i, len = strlen (args);
+
+  for (i = 0; i <= len; ++i)
+    buf[i] = args[i] == '|' ? '\0' : args[i];
+  return tracker_config_args_read_only (buf, len + 1);
+}
+
+static void
+test_server_read_only (void)
+{
+  struct tracker_config cfg;
+
+  CHECK (!read_only ("nbdkit|-U|-|memory|1G|--run|true"));
+  CHECK (read_only ("nbdkit|-r|-U|-|memory|1G"));
+  CHECK (read_only ("nbdkit|-fr|memory|1G"));
+  CHECK (read_only ("nbdkit|-U|sock|-vr|memory|1G"));
+  CHECK (read_only ("nbdkit|memory|1G|--readonly"));
+  CHECK (read_only ("nbdkit|--read-only|memory|1G"));
+  CHECK (read_only ("nbdkit|--rea|memory|1G"));
+  /* Values of options that take one are not options. */
+  CHECK (!read_only ("nbdkit|-e|-r|memory|1G"));
+  CHECK (!read_only ("nbdkit|-Dr=1|memory|1G"));
+  CHECK (!read_only ("nbdkit|--run|-r|memory|1G"));
+  CHECK (!read_only ("nbdkit|--run=x|-fv|memory|1G"));
+  CHECK (!read_only ("nbdkit|--filter|-r|memory|1G"));
+  CHECK (!read_only ("nbdkit|-P|x|memory|1G|dirtybitmap-file=-r"));
+  CHECK (!read_only ("nbdkit|--|-r"));
+
+  tracker_config_init (&cfg);
+  CHECK (tracker_config_note_plugin_file (&cfg, path) == 0);
+  CHECK (!cfg.plugin_file_is_disk);     /* it does not exist yet */
+  CHECK (tracker_config_note_plugin_file (&cfg, "/dev/null") == 0);
+  CHECK (!cfg.plugin_file_is_disk);     /* two of them, and no disk */
+  tracker_config_free (&cfg);
+  tracker_config_init (&cfg);
+  CHECK (tracker_config_set_data (&cfg, "/proc/self/exe") == 0);
+  CHECK (tracker_config_note_plugin_file (&cfg, "/proc/self/exe") == 0);
+  CHECK (cfg.plugin_file_is_disk);
+  CHECK (tracker_config_note_plugin_file (&cfg, "/proc/self/exe") == 0);
+  CHECK (!cfg.plugin_file_is_disk);
+  CHECK (tracker_config_set_export (&cfg, "vda") == 0);
+  CHECK (tracker_config_set_export (&cfg, "vdb") == -1);
+  CHECK_ERROR_MENTIONS ("dirtybitmap-export= given twice");
   tracker_config_free (&cfg);
 }
 
@@ -180,6 +234,7 @@ main (void)
   CHECK (mkdtemp (dir) != NULL);
   snprintf (path, sizeof path, "%s/sidecar.qcow2", dir);
   test_parameters ();
+  test_server_read_only ();
   test_mark_fold_store ();
   test_disabled_named_is_refused ();
   unlink (path);

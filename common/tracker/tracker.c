@@ -31,6 +31,12 @@ tracker_new (const struct tracker_config *cfg)
     return NULL;
   }
   t->cfg = cfg;
+  if (cfg->export_name && (t->exportname = strdup (cfg->export_name))
+      == NULL) {
+    nbdkit_error ("strdup: %m");
+    free (t);
+    return NULL;
+  }
   pthread_mutex_init (&t->lock, NULL);
   return t;
 }
@@ -300,30 +306,6 @@ tracker_startup_finest_bits (const struct tracker_config *cfg,
   return finest;
 }
 
-int
-tracker_claim_export (struct tracker *t, const char *exportname)
-{
-  int r = 0;
-
-  pthread_mutex_lock (&t->lock);
-  if (t->exportname == NULL) {
-    t->exportname = strdup (exportname);
-    if (t->exportname == NULL) {
-      nbdkit_error ("strdup: %m");
-      r = -1;
-    }
-  }
-  else if (strcmp (t->exportname, exportname) != 0) {
-    nbdkit_error ("%s tracks export '%s'; export '%s' is refused because "
-                  "its writes would be mixed into the same bitmaps (run one "
-                  "nbdkit with its own dirtybitmap-file= per export)",
-                  t->cfg->sidecar_path, t->exportname, exportname);
-    r = -1;
-  }
-  pthread_mutex_unlock (&t->lock);
-  return r;
-}
-
 /* The journal's store: the sidecar's journal. */
 static int
 store_write (void *sc, uint64_t offset, const void *buf, size_t len)
@@ -529,6 +511,41 @@ tracker_failed (const struct tracker *t)
   return t->failed;
 }
 
+static bool
+has_recovered_bitmaps (const struct sidecar *sc)
+{
+  size_t i;
+
+  for (i = 0; i < sidecar_nr_bitmaps (sc); ++i)
+    if (sidecar_bitmap_was_recovered (sidecar_bitmap_at (sc, i)))
+      return true;
+  return false;
+}
+
+/* Starting is what stores them: it opens the sidecar for writing,
+ * rebuilds the bitmaps and makes them recording again, and the stop
+ * then stores them as after any run.  Only when there is something to
+ * store, so that a server nobody wrote to leaves an undamaged sidecar
+ * byte for byte as it was.
+ */
+int
+tracker_start_if_recovered (struct tracker *t)
+{
+  int r = 0;
+
+  pthread_mutex_lock (&t->lock);
+  if (!t->started && !t->failed && t->validated && t->probed_size &&
+      has_recovered_bitmaps (t->validated)) {
+    nbdkit_debug ("dirtybitmap: no client wrote; storing the bitmaps the "
+                  "journal rebuilt after the crash");
+    r = tracker_start_locked (t, t->probed_size);
+    if (r == -1)
+      t->failed = true;
+  }
+  pthread_mutex_unlock (&t->lock);
+  return r;
+}
+
 void
 tracker_record_identity (struct tracker *t, tracker_flush_fn *flush,
                          void *opaque)
@@ -538,7 +555,7 @@ tracker_record_identity (struct tracker *t, tracker_flush_fn *flush,
   /* The plugin's flush, then the identity, then (tracker_stop) the
    * sidecar: the identity recorded is the one the next start finds.
    */
-  if (flush (opaque, t->exportname ? t->exportname : "") == -1) {
+  if (flush (opaque, tracker_export_name (t)) == -1) {
     nbdkit_error ("warning: %s: the data could not be flushed at the stop: "
                   "its identity is not recorded, and the next start checks "
                   "it as after a crash", t->cfg->sidecar_path);

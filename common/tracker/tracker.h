@@ -14,6 +14,7 @@
 #define DIRTYBITMAP_TRACKER_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define TRACKER_DEFAULT_GRANULARITY_BITS 16
@@ -66,6 +67,10 @@ struct tracker_config {
   unsigned store_interval;      /* seconds between periodic stores, 0:
                                    none */
   bool store_interval_given;    /* dirtybitmap-store-interval= */
+  bool plugin_file_is_disk;     /* the plugin's only file= is a local file
+                                   or device: it serves that one disk
+                                   whatever the export name */
+  char *export_name;            /* dirtybitmap-export=, or NULL */
 };
 
 extern void tracker_config_init (struct tracker_config *cfg);
@@ -99,6 +104,14 @@ extern int tracker_config_set_data_id (struct tracker_config *cfg,
 /* dirtybitmap-store-interval=SECONDS, as nbdkit parsed it. */
 extern int tracker_config_set_store_interval (struct tracker_config *cfg,
                                               unsigned seconds);
+/* dirtybitmap-export=NAME: the export whose writes are tracked. */
+extern int tracker_config_set_export (struct tracker_config *cfg,
+                                      const char *name);
+/* Whether nbdkit's command line, ARGS (LEN bytes of NUL-terminated
+ * arguments, as /proc/self/cmdline holds them), makes the server
+ * read-only (-r, --readonly, --read-only, or an abbreviation).
+ */
+extern bool tracker_config_args_read_only (const char *args, size_t len);
 /* All required parameters are there. */
 extern int tracker_config_check (const struct tracker_config *cfg);
 
@@ -139,9 +152,23 @@ extern void tracker_release_sidecar (struct tracker *t);
  */
 extern void tracker_set_read_only (struct tracker *t);
 
-/* Claim EXPORTNAME as the tracked export: the first name claimed wins
- * and any other is refused, so two exports never share a bitmap.
+/* The tracked export is dirtybitmap-export=NAME, or else the first
+ * export written to.  Another name is the same disk if the plugin
+ * serves one disk whatever the name (its only file= is a local file
+ * or device); otherwise its writes are refused, so two disks never
+ * share a bitmap.
+ *
+ * tracker_check_export, for a connection to EXPORTNAME (EXPORT_SIZE
+ * bytes) that may write: -1 (with nbdkit_error) if it is known not to
+ * be the tracked export; 1 if it is, or may well be (no export is
+ * claimed yet, and its size is the one checked at start-up), so that
+ * tracking starts now; 0 to let its first write decide.
+ * tracker_claim_export, at a connection's first write: -1 (with
+ * nbdkit_error) if EXPORTNAME is not the tracked export; it becomes
+ * the tracked one if none is yet.
  */
+extern int tracker_check_export (struct tracker *t, const char *exportname,
+                                 uint64_t export_size);
 extern int tracker_claim_export (struct tracker *t, const char *exportname);
 
 /* Begin tracking, once, before the first write is let through: create
@@ -176,6 +203,13 @@ extern void tracker_write_end (struct tracker *t);
 struct views;
 extern void tracker_attach_views (struct tracker *t, struct views *vs);
 extern struct views *tracker_views (struct tracker *t);
+/* At the clean stop of a server that may write, before
+ * tracker_record_identity: if tracking never started (no client
+ * wrote) but the sidecar holds bitmaps that the journal rebuilt after
+ * a crash, start tracking now, so that tracker_stop stores them
+ * consistent.  Otherwise nothing on disk changes.
+ */
+extern int tracker_start_if_recovered (struct tracker *t);
 
 /* At the clean stop, after the last request: if tracking started and
  * something identifies the data, flush the data with FLUSH (given the
@@ -285,7 +319,10 @@ extern int tracker_extents (struct tracker *t, const char *name,
                             size_t *nr_extents, uint64_t *next,
                             char **error);
 
-/* The export the bitmaps describe, for the control socket's "node". */
+/* The export the bitmaps describe, for the control socket's "node",
+ * and the name to open the plugin with: dirtybitmap-export=, else the
+ * first export written to, else "".
+ */
 extern const char *tracker_export_name (struct tracker *t);
 
 #endif /* DIRTYBITMAP_TRACKER_H */
