@@ -400,6 +400,15 @@ dirtybitmap_open (nbdkit_next_open *next, nbdkit_context *context,
   struct view *view = views ? views_open (views, exportname) : NULL;
   struct handle *h;
 
+  /* Never the live disk under a view's name: a backup would read it
+   * as if it were the view.
+   */
+  if (view == NULL && views && views_removed (views, exportname)) {
+    nbdkit_error ("view '%s' was removed (x-dirtybitmap-view-remove): its "
+                  "export name is refused; add the view again to read it",
+                  exportname);
+    return NULL;
+  }
   if (view ? next (context, 1, tracker_export_name (tracker)) == -1
       : next (context, readonly, exportname) == -1) {
     view_close (view);

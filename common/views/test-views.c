@@ -412,6 +412,12 @@ test_remove_while_reading (void)
   CHECK (read_view (v, 0, 16, buf) == EIO);
   CHECK_ERROR_MENTIONS ("view 'gone' was removed");
   view_close (v);
+  /* Its name stays refused until a view takes it again. */
+  CHECK (views_open (vs, "gone") == NULL);
+  CHECK (views_removed (vs, "gone"));
+  CHECK (!views_removed (vs, "next"));
+  add (vs, "gone", NULL, NULL, 0);
+  CHECK (!views_removed (vs, "gone"));
   gate_state = 0;
   views_free (vs);
 }

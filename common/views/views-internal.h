@@ -54,6 +54,12 @@ struct views {
   pthread_mutex_t lock;         /* guards list changes against lookups */
   struct view *list[VIEWS_MAX];
   size_t n;
+  /* The names of the last views removed, oldest first, so that a
+   * client asking for one is refused rather than served the live disk
+   * under that name.
+   */
+  char *removed[VIEWS_MAX];
+  size_t nr_removed;
   struct scratch_budget budget;
 };
 

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 
 #include <nbdkit-filter.h>
 
@@ -68,6 +69,55 @@ views_open (struct views *vs, const char *name)
   return v;
 }
 
+/* The index of NAME among the names of removed views, or -1. */
+static ssize_t
+find_removed (const struct views *vs, const char *name)
+{
+  size_t i;
+
+  for (i = 0; i < vs->nr_removed; ++i)
+    if (strcmp (vs->removed[i], name) == 0)
+      return i;
+  return -1;
+}
+
+static void
+forget_removed (struct views *vs, size_t i)
+{
+  free (vs->removed[i]);
+  memmove (&vs->removed[i], &vs->removed[i + 1],
+           (vs->nr_removed - i - 1) * sizeof vs->removed[0]);
+  vs->nr_removed--;
+}
+
+/* Remember NAME (a view's: at most 1023 bytes), forgetting the oldest
+ * when the list is full.  Out of memory it is not remembered: a
+ * client may then be served the live disk under that name, as under
+ * any name the plugin serves.
+ */
+static void
+remember_removed (struct views *vs, const char *name)
+{
+  char *copy = strdup (name);
+
+  if (copy == NULL)
+    return;
+  if (vs->nr_removed == VIEWS_MAX)
+    forget_removed (vs, 0);
+  vs->removed[vs->nr_removed++] = copy;
+}
+
+bool
+views_removed (struct views *vs, const char *name)
+{
+  bool r;
+
+  pthread_mutex_lock (&vs->lock);
+  r = find_removed (vs, name) >= 0;
+  pthread_mutex_unlock (&vs->lock);
+  return r;
+}
+
 /* The registry. */
 
 struct views *
@@ -94,6 +144,8 @@ views_free (struct views *vs)
     return;
   for (i = 0; i < vs->n; ++i)
     view_unref (vs->list[i]);
+  for (i = 0; i < vs->nr_removed; ++i)
+    free (vs->removed[i]);
   pthread_mutex_destroy (&vs->lock);
   free (vs);
 }
@@ -206,8 +258,15 @@ views_stage_commit (struct views_stage *st)
 
     if (is_listed (st->list, st->n, v))
       continue;
+    remember_removed (vs, v->name);
     view_remove (v);
     view_unref (v);
+  }
+  for (i = 0; i < st->n; ++i) {
+    ssize_t j = find_removed (vs, st->list[i]->name);
+
+    if (j >= 0)
+      forget_removed (vs, j);   /* a name used again */
   }
   memcpy (vs->list, st->list, st->n * sizeof st->list[0]);
   vs->n = st->n;

@@ -90,6 +90,11 @@ extern int views_copy_before_write (struct views *vs, views_read_fn *read,
  * valid, refusing every request), or NULL if there is none.
  */
 extern struct view *views_open (struct views *vs, const char *name);
+
+/* Whether NAME is the name of a view removed since (one of the last
+ * VIEWS_MAX removed, and not added again).
+ */
+extern bool views_removed (struct views *vs, const char *name);
 extern void view_close (struct view *v);
 extern const char *view_name (const struct view *v);
 
