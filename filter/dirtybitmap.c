@@ -45,6 +45,11 @@ static bool size_refused;
  * forked, as a daemon or to run a --run command.
  */
 static pid_t startup_pid;
+/* The plugin was given dir=: it serves an export per name, which it
+ * cannot open outside a client connection (the file plugin of nbdkit
+ * 1.32 crashes if asked to).
+ */
+static bool plugin_serves_names;
 /* nbdkit -r: guessed from nbdkit's command line at start-up (a guess
  * that cannot tell counts as read-only), then told by .preconnect.
  */
@@ -152,6 +157,11 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   if (strcmp (key, "file") == 0 &&
       set_path (value, false, tracker_config_note_plugin_file) == -1)
     return -1;
+  /* The file plugin's directory mode (and the like) serves one export
+   * per name and needs a client's name to open one at all.
+   */
+  if (strcmp (key, "dir") == 0)
+    plugin_serves_names = true;
   if (strcmp (key, "dirtybitmap-view-scratch") == 0) {
     free (view_config.scratch_dir);
     view_config.scratch_dir = nbdkit_absolute_path (value);
@@ -313,7 +323,7 @@ static int
 dirtybitmap_after_fork (nbdkit_backend *backend)
 {
   int can_write = -1;
-  int64_t size = probe_export (backend, &can_write);
+  int64_t size = plugin_serves_names ? -1 : probe_export (backend, &can_write);
 
   if (size == -1)
     nbdkit_debug ("dirtybitmap: the plugin cannot be opened outside a "

@@ -147,3 +147,25 @@ grep -qF "error: $sidecar tracks export 'B'; export 'A' is refused because its w
 cmp "$dir/A" "$tmpdir/A.orig" || fail "export A was changed"
 qemu_check "$sidecar"
 assert_map "$sidecar" b "2097152 65536"
+
+# 4. The file plugin's directory mode, the multi-export plugin users
+# run: nbdkit starts (the plugin cannot be opened outside a client's
+# export name, so the size waits for the first client), a probe of A
+# claims nothing, a writer to B is tracked, and a writer to A is then
+# refused with the error naming the parameter.
+cp "$tmpdir/A.orig" "$dir/A"
+cp "$tmpdir/B.orig" "$dir/B"
+rm "$sidecar"
+start_foreground file dir="$dir" dirtybitmap-file="$sidecar" dirtybitmap=b
+[ "$(nbdinfo --size "nbd+unix:///A?socket=$sock")" = $size ] ||
+  fail "the probe of A failed"
+[ "$(write_to B 65536)" = ok ] || fail "the writer to B was refused"
+out="$(write_to A 131072)"
+[[ "$out" = refused:* ]] || fail "the writer to A was not refused: $out"
+stop_foreground
+grep -qF "error: $sidecar tracks export 'B'; export 'A' is refused" "$sock.err" &&
+  grep -qF "choose the tracked export with dirtybitmap-export=NAME" "$sock.err" ||
+  { cat "$sock.err" >&2; fail "no error naming dirtybitmap-export= (file dir=)"; }
+cmp "$dir/A" "$tmpdir/A.orig" || fail "export A was changed"
+qemu_check "$sidecar"
+assert_map "$sidecar" b "65536 65536"
