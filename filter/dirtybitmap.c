@@ -349,25 +349,19 @@ dirtybitmap_after_fork (nbdkit_backend *backend)
   return tracker_store_timer_start (tracker, &store_timer);
 }
 
-/* Flush the data of EXPORTNAME through a context of our own: every
- * connection is closed by now, and nbdkit 1.32 lets a filter open one
- * on the backend until .cleanup returns.
+/* The data is flushed before its identity is recorded at the stop:
+ * each connection that wrote flushes as it closes (see
+ * dirtybitmap_finalize), rather than the stop opening a context of its
+ * own once every connection is gone, which some plugins cannot serve
+ * outside a connection (they need the client's export name) and
+ * others only one at a time (qemu-nbd behind the nbd plugin).
  */
-static int
-flush_data (void *backend, const char *exportname)
-{
-  nbdkit_next *next = nbdkit_next_context_open (backend, 0, exportname, 1);
-  int r = -1, err = 0;
+static bool flush_failed;
 
-  if (next == NULL)
-    return -1;
-  if (next->prepare (next) != -1) {
-    int can = next->can_flush (next);
-    r = can == 0 ? 0 : can == -1 ? -1 : next->flush (next, 0, &err);
-    next->finalize (next);
-  }
-  nbdkit_next_context_close (next);
-  return r;
+static int
+flush_data (void *opaque, const char *exportname)
+{
+  return __atomic_load_n (&flush_failed, __ATOMIC_ACQUIRE) ? -1 : 0;
 }
 
 static void
@@ -382,7 +376,7 @@ dirtybitmap_cleanup (nbdkit_backend *backend)
    */
   if (!server_read_only)
     tracker_start_if_recovered (tracker);
-  tracker_record_identity (tracker, flush_data, backend);
+  tracker_record_identity (tracker, flush_data, NULL);
   tracker_stop (tracker);     /* failures are kept for the exit status */
 }
 
@@ -511,6 +505,27 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
   if (r <= 0)
     return r;
   return start (size);
+}
+
+/* A connection that wrote flushes as it closes, when the stop records
+ * the data's identity (see flush_data).
+ */
+static int
+dirtybitmap_finalize (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+  int can, err = 0;
+
+  if (h->view || !__atomic_load_n (&h->claimed, __ATOMIC_ACQUIRE) ||
+      !tracker_records_identity (tracker))
+    return 0;
+  can = next->can_flush (next);
+  if (can == -1 || (can == 1 && next->flush (next, 0, &err) == -1)) {
+    nbdkit_debug ("dirtybitmap: the data could not be flushed as a "
+                  "connection that wrote closed");
+    __atomic_store_n (&flush_failed, true, __ATOMIC_RELEASE);
+  }
+  return 0;
 }
 
 /* The first write, zero or trim of a connection claims its export,
@@ -695,6 +710,7 @@ static struct nbdkit_filter filter = {
   .open              = dirtybitmap_open,
   .close             = dirtybitmap_close,
   .prepare           = dirtybitmap_prepare,
+  .finalize          = dirtybitmap_finalize,
   .can_write         = dirtybitmap_can_write,
   .can_trim          = dirtybitmap_can_trim,
   .can_zero          = dirtybitmap_can_zero,

@@ -546,6 +546,12 @@ tracker_start_if_recovered (struct tracker *t)
   return r;
 }
 
+bool
+tracker_records_identity (const struct tracker *t)
+{
+  return data_identity_configured (t->cfg);
+}
+
 void
 tracker_record_identity (struct tracker *t, tracker_flush_fn *flush,
                          void *opaque)

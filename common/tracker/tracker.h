@@ -218,6 +218,10 @@ extern int tracker_start_if_recovered (struct tracker *t);
  * the record of the session's start stays.
  */
 typedef int tracker_flush_fn (void *opaque, const char *exportname);
+/* Whether something identifies the data, so that the stop records
+ * its identity (and the data must be flushed first).
+ */
+extern bool tracker_records_identity (const struct tracker *t);
 extern void tracker_record_identity (struct tracker *t,
                                      tracker_flush_fn *flush, void *opaque);
 
