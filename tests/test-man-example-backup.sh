@@ -42,6 +42,9 @@ cd "$tmpdir"
 truncate -s 1G disk.img
 # If the example fails before its step 3 stops nbdkit (a pid read
 # later may be anyone's, so only an nbdkit is killed).
+# The example's socket path is fixed: leave no file behind (nbdkit 1.32
+# does not remove its -U file), unless someone serves it.
+cleanup_fn '! ss -Hxl | grep -q " /tmp/disk.sock " && rm -f /tmp/disk.sock'
 cleanup_fn 'p=$(cat "$tmpdir/nbdkit.pid" 2>/dev/null) &&
   [ "$(ps -o comm= -p "$p")" = nbdkit ] && kill "$p"'
 last_output=
