@@ -106,7 +106,8 @@ views_sequential ()
   }
 }
 
-# views_prepare MODE N: run_fio's hook: add the view, copy everything.
+# views_prepare MODE N: run_fio's hook: add the view, copy everything,
+# and let the page cache settle.
 views_prepare ()
 {
   case "$1" in
@@ -118,6 +119,10 @@ views_prepare ()
   case "$1" in
     *-copied) views_sequential "$@" ;;
   esac
+  # Every mode starts from clean page cache: otherwise the copied modes
+  # would also measure the kernel writing back the 2 GiB their pass
+  # just dirtied (disk and scratch), which belongs to the pass.
+  sync
 }
 
 # views_scratch MODE: the scratch bytes in use after the run.
