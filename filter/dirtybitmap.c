@@ -358,12 +358,6 @@ dirtybitmap_after_fork (nbdkit_backend *backend)
  */
 static bool flush_failed;
 
-static int
-flush_data (void *opaque, const char *exportname)
-{
-  return __atomic_load_n (&flush_failed, __ATOMIC_ACQUIRE) ? -1 : 0;
-}
-
 static void
 dirtybitmap_cleanup (nbdkit_backend *backend)
 {
@@ -376,7 +370,8 @@ dirtybitmap_cleanup (nbdkit_backend *backend)
    */
   if (!server_read_only)
     tracker_start_if_recovered (tracker);
-  tracker_record_identity (tracker, flush_data, NULL);
+  tracker_record_identity (tracker,
+                           !__atomic_load_n (&flush_failed, __ATOMIC_ACQUIRE));
   tracker_stop (tracker);     /* failures are kept for the exit status */
 }
 

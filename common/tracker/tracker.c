@@ -553,15 +553,15 @@ tracker_records_identity (const struct tracker *t)
 }
 
 void
-tracker_record_identity (struct tracker *t, tracker_flush_fn *flush,
-                         void *opaque)
+tracker_record_identity (struct tracker *t, bool data_flushed)
 {
   if (!t->started || !data_identity_configured (t->cfg))
     return;
-  /* The plugin's flush, then the identity, then (tracker_stop) the
-   * sidecar: the identity recorded is the one the next start finds.
+  /* The data flushed (as the connections that wrote closed), then the
+   * identity, then (tracker_stop) the sidecar: the identity recorded is
+   * the one the next start finds.
    */
-  if (flush (opaque, tracker_export_name (t)) == -1) {
+  if (!data_flushed) {
     nbdkit_error ("warning: %s: the data could not be flushed at the stop: "
                   "its identity is not recorded, and the next start checks "
                   "it as after a crash", t->cfg->sidecar_path);

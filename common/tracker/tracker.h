@@ -211,19 +211,19 @@ extern struct views *tracker_views (struct tracker *t);
  */
 extern int tracker_start_if_recovered (struct tracker *t);
 
-/* At the clean stop, after the last request: if tracking started and
- * something identifies the data, flush the data with FLUSH (given the
- * tracked export's name), then take the data's identity for
- * tracker_stop to record.  If the flush fails, a warning says so and
- * the record of the session's start stays.
- */
-typedef int tracker_flush_fn (void *opaque, const char *exportname);
 /* Whether something identifies the data, so that the stop records
- * its identity (and the data must be flushed first).
+ * its identity: the data must then be flushed first (each connection
+ * that wrote flushes as it closes).
  */
 extern bool tracker_records_identity (const struct tracker *t);
-extern void tracker_record_identity (struct tracker *t,
-                                     tracker_flush_fn *flush, void *opaque);
+
+/* At the clean stop, after the last request: if tracking started and
+ * something identifies the data, take the data's identity for
+ * tracker_stop to record, provided DATA_FLUSHED (every flush of the
+ * data written succeeded).  If not, a warning says so and the record
+ * of the session's start stays.
+ */
+extern void tracker_record_identity (struct tracker *t, bool data_flushed);
 
 /* Fold what was recorded into the recording bitmaps and store them,
  * clearing IN_USE.  Called once, after the last request.
