@@ -158,7 +158,7 @@ slow_writer (void *arg)
   bool copy;
 
   CHECK (tracker_write_begin (t, 0, 512, &copy) == 0);
-  *(int *) arg = 1;
+  __atomic_store_n ((int *) arg, 1, __ATOMIC_SEQ_CST);
   usleep (200000);
   __atomic_store_n (&write_ended, 1, __ATOMIC_SEQ_CST);
   tracker_write_end (t);
@@ -171,13 +171,13 @@ test_drain (void)
   const struct tracker_action acts[] = {
     { .type = TRACKER_VIEW_REMOVE, .name = "v1" },
   };
-  volatile int begun = 0;
+  int begun = 0;
   pthread_t th;
   char *error;
   bool copy;
 
-  CHECK (pthread_create (&th, NULL, slow_writer, (void *) &begun) == 0);
-  while (!begun)
+  CHECK (pthread_create (&th, NULL, slow_writer, &begun) == 0);
+  while (!__atomic_load_n (&begun, __ATOMIC_SEQ_CST))
     usleep (1000);
   CHECK (transact (acts, 1, &error) == 0);
   CHECK (__atomic_load_n (&write_ended, __ATOMIC_SEQ_CST) == 1);

@@ -54,7 +54,13 @@ read_disk (void *opaque, void *buf, uint32_t count, uint64_t offset,
   return 0;
 }
 
-/* A write as the filter makes it: copy before write, then the data. */
+/* A write as the filter makes it: copy before write, then the data.
+ * Writers are serialised among themselves only (a disk orders them
+ * somehow), not against reads, so that ThreadSanitizer sees any read
+ * of a granule that a write changes meanwhile.
+ */
+static pthread_mutex_t writers_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static int
 write_disk (struct views *vs, uint64_t offset, uint32_t count, int byte)
 {
@@ -63,7 +69,9 @@ write_disk (struct views *vs, uint64_t offset, uint32_t count, int byte)
   if (views_copy_before_write (vs, read_disk, NULL, offset, count,
                                &err) == -1)
     return err;
+  pthread_mutex_lock (&writers_lock);
   memset (disk + offset, byte, count);
+  pthread_mutex_unlock (&writers_lock);
   return 0;
 }
 
