@@ -511,7 +511,8 @@ dirtybitmap_finalize (nbdkit_next *next, void *handle)
   struct handle *h = handle;
   int can, err = 0;
 
-  if (h->view || !__atomic_load_n (&h->claimed, __ATOMIC_ACQUIRE) ||
+  /* A view's connection never claims, so never flushes. */
+  if (!__atomic_load_n (&h->claimed, __ATOMIC_ACQUIRE) ||
       !tracker_records_identity (tracker))
     return 0;
   can = next->can_flush (next);
